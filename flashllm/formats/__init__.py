@@ -1,0 +1,46 @@
+"""Compressed weight formats: Tiled-CSL (Flash-LLM) and bitmap. Pure PyTorch, CPU or GPU."""
+
+from __future__ import annotations
+
+import torch
+
+from . import bitmap, tiled_csl
+from .base import FORMATS, SparseWeight, check_weight, value_dtype_for
+from .layout import to_blocks
+
+_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap}
+
+
+def codec_for(name: str):
+    try:
+        return _CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown format {name!r}; expected one of {FORMATS} or 'auto'") from None
+
+
+def predicted_nbytes(weight: torch.Tensor) -> dict[str, int]:
+    """Exact size each format would take for this weight, from per-block non-zero counts."""
+    counts = (to_blocks(weight) != 0).sum(1)
+    ptr = 8 * (counts.numel() + 1)
+    return {"bitmap": int(bitmap.block_bytes(counts).sum()) + ptr,
+            "tiled_csl": 4 * int(tiled_csl.block_words(counts).sum()) + ptr}
+
+
+def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | None = None) -> SparseWeight:
+    """Compress a weight [M, K] that already holds its zeros (compress never prunes).
+
+    format: "tiled_csl", "bitmap" or "auto" (the smaller of the two for this matrix).
+    dtype: the 16-bit dtype to store values in; fp16/bf16 weights keep theirs, fp32 needs it.
+    """
+    check_weight(weight)
+    if format != "auto":
+        codec_for(format)
+    value_dtype = value_dtype_for(weight.dtype, dtype)
+    weight = weight.detach()
+    if format == "auto":
+        sizes = predicted_nbytes(weight.to(value_dtype))
+        format = min(sizes, key=sizes.get)
+    return codec_for(format).encode(weight, value_dtype)
+
+
+__all__ = ["SparseWeight", "compress", "codec_for", "predicted_nbytes", "FORMATS"]

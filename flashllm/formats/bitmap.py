@@ -1,0 +1,129 @@
+"""Bitmap format: one bit per element plus the packed non-zero values, per 64x64 block.
+
+Tensors:
+  data      uint8  all blocks back to back, each 16-byte aligned
+  block_ptr int64  [NB + 1] byte offset of each block in `data` (blocks row-block-major)
+
+One block (see `layout.py` for the fragment order):
+  [0, 16)    uint16 ends[8]: running count of values after stream (strip s, half h), index 2s+h
+  [16, 528)  uint32 masks[128]: word ((s*4 + f)*2 + h)*4 + q, bit 2*hl + e
+  [528, ..)  16-bit values of streams 0..7 in stream order, zero-padded to 16 bytes
+
+A warp of the kernel owns one strip; each half-warp walks its own value stream, so a lane
+finds its element pair with one popcount of its half's mask word below its own bits.
+Bytes per element: 2(1-s) + 1/8 + ~0.008 (header, block pointer, 16-byte padding).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SparseWeight, check_ptr, fail
+from .layout import BLOCK, from_blocks, padding_mask, stream_order, to_blocks
+
+TENSORS = ("data", "block_ptr")
+HEADER_BYTES = 16
+MASK_BYTES = BLOCK * BLOCK // 8
+VALUES_AT = HEADER_BYTES + MASK_BYTES  # 528
+STREAMS = 8
+_BITS = 1 << torch.arange(8)
+
+
+def block_bytes(nnz_per_block: torch.Tensor) -> torch.Tensor:
+    return VALUES_AT + (nnz_per_block + 7) // 8 * 16
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """[..., 8n] bool -> [..., n] uint8, little-endian bit order."""
+    b = bits.reshape(*bits.shape[:-1], -1, 8).to(torch.uint8)
+    return (b * _BITS.to(b.device, torch.uint8)).sum(-1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
+    bits = (packed.unsqueeze(-1) & _BITS.to(packed.device, torch.uint8)) != 0
+    return bits.reshape(*packed.shape[:-1], -1)
+
+
+def _mask_words_order(nz_stream: torch.Tensor) -> torch.Tensor:
+    """Stream-ordered bits [NB, 4096] -> mask-word order (s, f, h, q, 32 bits)."""
+    nb = nz_stream.shape[0]
+    return nz_stream.view(nb, 4, 2, 4, 4, 32).permute(0, 1, 3, 2, 4, 5).reshape(nb, -1)
+
+
+def _stream_from_mask_order(bits: torch.Tensor) -> torch.Tensor:
+    nb = bits.shape[0]
+    return bits.view(nb, 4, 4, 2, 4, 32).permute(0, 1, 3, 2, 4, 5).reshape(nb, -1)
+
+
+def _value_slots(block_ptr: torch.Tensor, nnz_b: torch.Tensor) -> torch.Tensor:
+    """int16 index in `data` of every stored value, blocks in order, stream order inside."""
+    total = int(nnz_b.sum())
+    first = torch.cumsum(nnz_b, 0) - nnz_b
+    block_of = torch.repeat_interleave(torch.arange(nnz_b.numel(), device=nnz_b.device), nnz_b,
+                                       output_size=total)
+    rank = torch.arange(total, device=nnz_b.device) - first[block_of]
+    return (block_ptr[:-1][block_of] + VALUES_AT) // 2 + rank
+
+
+def encode(weight: torch.Tensor, value_dtype: torch.dtype) -> SparseWeight:
+    shape = tuple(weight.shape)
+    blocks = to_blocks(weight.to(value_dtype))
+    dev = blocks.device
+    vals_stream = blocks[:, stream_order(dev)]
+    nz = vals_stream != 0  # NaN and Inf are values, not zeros
+    nb = nz.shape[0]
+    ends = nz.view(nb, STREAMS, -1).sum(-1).cumsum(-1)
+    nnz_b = ends[:, -1]
+    sizes = block_bytes(nnz_b)
+    block_ptr = torch.zeros(nb + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(sizes, 0, out=block_ptr[1:])
+    data = torch.zeros(int(block_ptr[-1]), dtype=torch.uint8, device=dev)
+    head = torch.cat([ends.to(torch.int16).view(torch.uint8).view(nb, HEADER_BYTES),
+                      _pack_bits(_mask_words_order(nz))], dim=1)
+    data[block_ptr[:-1, None] + torch.arange(VALUES_AT, device=dev)] = head
+    data.view(torch.int16)[_value_slots(block_ptr, nnz_b)] = vals_stream[nz].view(torch.int16)
+    return SparseWeight("bitmap", shape, value_dtype, int(nnz_b.sum()), int(sizes.max()),
+                        {"data": data, "block_ptr": block_ptr})
+
+
+def _read_heads(w: SparseWeight):
+    data, ptr = w.tensors["data"], w.tensors["block_ptr"]
+    head = data[ptr[:-1, None] + torch.arange(VALUES_AT, device=data.device)]
+    nz = _stream_from_mask_order(_unpack_bits(head[:, HEADER_BYTES:]))
+    ends = head[:, :HEADER_BYTES].contiguous().view(torch.int16).to(torch.int64)
+    return nz, ends
+
+
+def decode(w: SparseWeight) -> torch.Tensor:
+    data, ptr = w.tensors["data"], w.tensors["block_ptr"]
+    nz, _ = _read_heads(w)
+    vals = data.view(torch.int16)[_value_slots(ptr, nz.sum(1))].view(w.dtype)
+    stream = torch.zeros(nz.shape, dtype=w.dtype, device=data.device)
+    stream[nz] = vals
+    blocks = torch.empty_like(stream)
+    blocks[:, stream_order(data.device)] = stream
+    return from_blocks(blocks, w.shape)
+
+
+def validate(w: SparseWeight) -> None:
+    data, ptr = w.tensors["data"], w.tensors["block_ptr"]
+    m, k = w.shape
+    nb = -(-m // BLOCK) * -(-k // BLOCK)
+    if data.dtype != torch.uint8 or data.dim() != 1:
+        fail(f"bitmap data must be a 1-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
+    check_ptr(ptr, "bitmap block_ptr", nb, data.numel(), 16)
+    sizes = ptr[1:] - ptr[:-1]
+    if bool((sizes < VALUES_AT).any()):
+        fail(f"bitmap block smaller than its {VALUES_AT}-byte header and masks")
+    nz, ends = _read_heads(w)
+    counted = nz.view(nb, STREAMS, -1).sum(-1).cumsum(-1)
+    if not torch.equal(counted, ends):
+        fail("bitmap stream ends in a block header disagree with the mask popcounts")
+    if not torch.equal(sizes, block_bytes(counted[:, -1])):
+        fail("bitmap block size disagrees with its popcount (values missing or extra)")
+    if bool((nz & padding_mask(w.shape, data.device)[:, stream_order(data.device)]).any()):
+        fail("bitmap has mask bits set outside the [M, K] matrix (in block padding)")
+    if int(counted[:, -1].sum()) != w.nnz:
+        fail(f"bitmap nnz {w.nnz} disagrees with the mask popcount {int(counted[:, -1].sum())}")
+    if int(sizes.max()) != w.max_block_bytes:
+        fail(f"bitmap max_block_bytes {w.max_block_bytes} is not the largest block ({int(sizes.max())})")

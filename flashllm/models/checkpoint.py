@@ -1,0 +1,649 @@
+"""Hugging Face-style checkpoints of sparse models: `save_pretrained` and `from_pretrained`.
+
+A flashllm directory is what `transformers` writes (config.json, safetensors shards, tokenizer
+files) plus a `sparsity_config` entry in config.json; each SparseLinear is stored as its
+SparseWeight's tensors under `<module>.weight.<key>`. `from_pretrained` also reads plain dense
+checkpoints that hold zeros (how llm-compressor saves SparseGPT/Wanda models) and compressed-tensors
+`sparse-bitmask` ones, compressing layer by layer while streaming from disk.
+
+Loading never builds the dense model: the skeleton's parameters live on the `meta` device, and each
+tensor goes from the file to its place on the target device one at a time. Everything read from the
+directory is untrusted: file names must stay inside it, format names are checked against fixed
+lists, and every SparseWeight is validated on the CPU before it reaches a GPU kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..formats import FORMATS, SparseWeight, compress
+from ..nn import SparseLinear, is_conv1d, is_linear_like
+from . import compressed_tensors as ct
+
+CONFIG_NAME, INDEX_NAME, SINGLE_NAME = "config.json", "model.safetensors.index.json", "model.safetensors"
+SPARSITY_KEY, PRODUCER = "sparsity_config", "flashllm"
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
+                "generation_config.json")
+DEFAULT_THRESHOLD = 0.3
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.safetensors")
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Checked in order; an `architectures` entry must name a class that one of these maps to.
+_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM",
+                 "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+                 "AutoModelForQuestionAnswering", "AutoModelForPreTraining", "AutoModel")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and, where there is one, the tensor."""
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+def save_pretrained(model: nn.Module, save_directory, max_shard_size: int | str = "5GB", tokenizer=None) -> Path:
+    """Write `model` (a transformers model, possibly holding SparseLinear layers) to `save_directory`.
+
+    Tensors are copied to the CPU one shard at a time, so saving needs at most one shard of host memory.
+    Tokenizer files next to the model's source (`config._name_or_path`) are copied, or `tokenizer` saved.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        raise TypeError("save_pretrained needs a transformers model (one with a .config)")
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _unique_tensors(model.state_dict())
+    layers = {name: _layer_record(m) for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+    shards = _plan_shards(tensors, layers, _parse_size(max_shard_size))
+    for old in list(out.glob("model*.safetensors")) + [out / INDEX_NAME]:
+        old.unlink(missing_ok=True)  # shards of an earlier save would mix with ours
+
+    from safetensors.torch import save_file
+    weight_map = {}
+    for i, names in enumerate(shards):
+        file = SINGLE_NAME if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: tensors[n].detach().to("cpu").contiguous() for n in names}, out / file,
+                  metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    if len(shards) > 1:
+        total = sum(_nbytes(t) for t in tensors.values())
+        _write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+    config_dict = json.loads(config.to_json_string(use_diff=False))
+    config_dict.setdefault("architectures", [type(model).__name__])
+    for key in ("quantization_config", "compression_config"):
+        # A compressed-tensors entry that only described sparsity is now stale: our format replaced it.
+        if ct.sparsity_config_of({key: config_dict.get(key)}) and not config_dict[key].get("config_groups"):
+            config_dict.pop(key)
+    config_dict[SPARSITY_KEY] = _sparsity_entry(layers, aliases)
+    _write_json(out / CONFIG_NAME, config_dict)
+    _save_side_files(model, out, tokenizer)
+    return out
+
+
+def _unique_tensors(state: dict[str, torch.Tensor]):
+    """Drop repeated views of one tensor (tied weights), which safetensors refuses; return the aliases."""
+    seen, tensors, aliases = {}, {}, {}
+    for name, t in state.items():
+        if t.device.type == "meta":
+            raise ValueError(f"cannot save {name}: it is on the meta device (never loaded)")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t
+    return tensors, aliases
+
+
+def _layer_record(layer: SparseLinear) -> dict:
+    w = layer.weight
+    return {"format": w.format, "shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch."),
+            "sparsity": round(w.sparsity, 6), "nbytes": w.nbytes}
+
+
+def _sparsity_entry(layers: dict, aliases: dict) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        flashllm_version = version("flashllm")
+    except PackageNotFoundError:
+        flashllm_version = "unknown"
+    formats = {r["format"] for r in layers.values()}
+    elements = sum(math.prod(r["shape"]) for r in layers.values())
+    zeros = sum(r["sparsity"] * math.prod(r["shape"]) for r in layers.values())
+    return {"producer": PRODUCER, "flashllm_version": flashllm_version,
+            "format": formats.pop() if len(formats) == 1 else ("mixed" if formats else "dense"),
+            "sparsity": round(zeros / elements, 6) if elements else 0.0,
+            "layers": layers, "aliases": aliases}
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"max_shard_size {size!r}: expected bytes or a size like '500MB' or '2GB'")
+    unit = (match.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(match.group(1)) * scale)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _plan_shards(tensors: dict, layers: dict, limit: int) -> list[list[str]]:
+    """Greedy shards under `limit` bytes; a SparseLinear's tensors stay together (one over-size unit
+    gets a shard of its own)."""
+    units: dict[str, list[str]] = {}
+    for name in tensors:
+        owner = next((p for p in _prefixes(name) if p in layers), name)
+        units.setdefault(owner, []).append(name)
+    shards, current, size = [], [], 0
+    for names in units.values():
+        unit_size = sum(_nbytes(tensors[n]) for n in names)
+        if current and size + unit_size > limit:
+            shards.append(current)
+            current, size = [], 0
+        current += names
+        size += unit_size
+    return shards + [current] if current or not shards else shards
+
+
+def _prefixes(name: str):
+    parts = name.split(".")
+    return (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _save_side_files(model, out: Path, tokenizer) -> None:
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    source = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    if source.is_dir() and source.resolve() != out.resolve():
+        for name in COPIED_FILES:
+            if (source / name).is_file() and not (out / name).exists():
+                shutil.copyfile(source / name, out / name)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and not (out / "generation_config.json").exists():
+        generation_config.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _inside(root: Path, name: str, referrer: Path) -> Path:
+    """`root/name`, refusing names that are not plain file names or that resolve outside `root`."""
+    if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+        raise CheckpointError(f"{referrer}: shard name {name!r} is not a plain .safetensors file name in the directory")
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise CheckpointError(f"{referrer}: shard {name!r} points outside {root}")
+    if not path.is_file():
+        raise CheckpointError(f"{referrer}: shard {name!r} does not exist in {root}")
+    return path
+
+
+class Shards:
+    """The safetensors files of a checkpoint directory, opened lazily (memory-mapped, read on demand)."""
+
+    def __init__(self, root: Path):
+        self.root, self._handles, self.location = root, {}, {}
+        index = root / INDEX_NAME
+        if index.is_file():
+            weight_map = _json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object")
+            for name, file in weight_map.items():
+                self.location[name] = _inside(root, file, index)
+            for path in set(self.location.values()):
+                present = set(self._open(path).keys())
+                lost = [n for n, p in self.location.items() if p == path and n not in present]
+                if lost:
+                    raise CheckpointError(f"{path}: tensor {lost[0]!r} listed in {INDEX_NAME} is not in this file")
+        elif (root / SINGLE_NAME).is_file():
+            path = _inside(root, SINGLE_NAME, root)
+            self.location = dict.fromkeys(self._open(path).keys(), path)
+        else:
+            raise CheckpointError(f"{root}: no {SINGLE_NAME} or {INDEX_NAME} (only safetensors weights are read: "
+                                  "pickled .bin files can run code)")
+
+    def _open(self, path: Path):
+        if path not in self._handles:
+            from safetensors import safe_open
+            try:
+                self._handles[path] = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises its own error types for truncated or malformed headers
+                raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
+        return self._handles[path]
+
+    def names(self) -> list[str]:
+        return list(self.location)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self.location[name]).get_slice(name).get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        path = self.location[name]
+        try:
+            return self._open(path).get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read tensor {name!r}: {e}") from e
+
+    def error(self, name: str, message: str) -> CheckpointError:
+        return CheckpointError(f"{self.location.get(name, self.root)}: tensor {name!r}: {message}")
+
+
+def checkpoint_kind(config: dict) -> str:
+    """"flashllm", "sparse-bitmask" or "dense", from a config.json dict (format names are whitelisted)."""
+    entry = config.get(SPARSITY_KEY)
+    if isinstance(entry, dict) and entry.get("producer") == PRODUCER:
+        return PRODUCER
+    section = ct.sparsity_config_of(config)
+    return ct.format_of(section) if section else ct.DENSE
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {sorted(_DTYPES)} or 'auto'")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"dtype {dtype}: expected torch.float16, torch.bfloat16 or torch.float32")
+    return dtype
+
+
+def model_class_for(config):
+    """The transformers class to build: the one `architectures` names, looked up only in the auto mappings."""
+    import transformers
+    wanted = (getattr(config, "architectures", None) or [None])[0]
+    found = []
+    for auto_name in _AUTO_CLASSES:
+        try:
+            cls = getattr(transformers, auto_name)._model_mapping[type(config)]
+        except (KeyError, ValueError):
+            continue
+        for c in cls if isinstance(cls, (list, tuple)) else (cls,):
+            if wanted is None or c.__name__ == wanted:
+                return c
+            found.append(c)
+    if not found:
+        raise CheckpointError(f"no transformers model class for model_type {config.model_type!r}")
+    warnings.warn(f"architecture {wanted!r} is not a known transformers class for {config.model_type!r}; "
+                  f"building {found[0].__name__}")
+    return found[0]
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters on `meta` but keep buffers real: non-persistent buffers (rotary tables,
+    position ids) are computed in __init__ and are not in the checkpoint to be loaded later."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def load_config(root: Path):
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # transformers raises ValueError/KeyError/OSError for unknown or remote-code models
+        raise CheckpointError(f"{root / CONFIG_NAME}: cannot build a transformers config: {e}") from e
+
+
+def build_skeleton(config, dtype: torch.dtype | None) -> nn.Module:
+    from transformers.initialization import no_init_weights
+    cls = model_class_for(config)
+    with _parameters_on_meta(), no_init_weights():
+        model = cls._from_config(config, **({"dtype": dtype} if dtype else {}))
+    return model.eval()
+
+
+def from_pretrained(path, device=None, dtype=None, format: str = "auto",
+                    sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> nn.Module:
+    """Load a flashllm, dense or compressed-tensors `sparse-bitmask` checkpoint directory, offline.
+
+    device: where the model goes (default: CUDA if available, else CPU).
+    dtype: float16 / bfloat16 / float32 for the dense tensors and compressed values (default: as stored;
+        fp32 weights that get compressed store fp16 values, bf16 if they overflow fp16).
+    format: SparseWeight format for layers compressed here ("auto", "tiled_csl", "bitmap"); a flashllm
+        checkpoint stored in another format is re-encoded.
+    sparsity_threshold: a linear weight of a dense or bitmask checkpoint is compressed when at least
+        this share of it is zero; None keeps every layer dense.
+    """
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"format {format!r}: expected 'auto' or one of {FORMATS}")
+    root = Path(path)
+    if not (root / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{root}: not a checkpoint directory (no {CONFIG_NAME})")
+    config_dict = _json(root / CONFIG_NAME)
+    try:
+        kind = checkpoint_kind(config_dict)
+    except ValueError as e:
+        raise CheckpointError(f"{root / CONFIG_NAME}: {e}") from e
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _resolve_dtype(dtype)
+    model = build_skeleton(load_config(root), dtype)
+    loader = _Loader(model, Shards(root), device, dtype, format)
+    if kind == PRODUCER:
+        loader.load_flashllm(config_dict[SPARSITY_KEY], root / CONFIG_NAME)
+    else:
+        eligible = _eligibility(ct.sparsity_config_of(config_dict) or {}, sparsity_threshold, root / CONFIG_NAME)
+        loader.load_dense(kind == ct.BITMASK, eligible, sparsity_threshold)
+    loader.finish()
+    _load_generation_config(model, root)
+    return model
+
+
+def _eligibility(section: dict, threshold, config_path: Path):
+    """Which linear layers may be compressed: compressed-tensors `targets`/`ignore` when present
+    (class names, module names, or `re:` regular expressions over module names)."""
+    def patterns(key):
+        entries = section.get(key) or []
+        if not isinstance(entries, list) or not all(isinstance(p, str) for p in entries):
+            raise CheckpointError(f"{config_path}: sparsity_config.{key} must be a list of strings")
+        try:
+            return [(re.compile(p[3:]) if p.startswith("re:") else None, p) for p in entries]
+        except re.error as e:
+            raise CheckpointError(f"{config_path}: sparsity_config.{key}: bad regular expression: {e}") from e
+
+    targets, ignore = patterns("targets"), patterns("ignore")
+
+    def matches(name, module, pats):
+        return any(rx.match(name) if rx else p in (name, type(module).__name__) for rx, p in pats)
+
+    def eligible(name, module):
+        if threshold is None or not is_linear_like(module):
+            return False
+        return (not targets or matches(name, module, targets)) and not matches(name, module, ignore)
+    return eligible
+
+
+def _load_generation_config(model, root: Path) -> None:
+    if (root / "generation_config.json").is_file() and hasattr(model, "generation_config"):
+        from transformers import GenerationConfig
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(str(root), local_files_only=True)
+        except Exception as e:  # a broken generation config should not stop the model from loading
+            warnings.warn(f"{root / 'generation_config.json'}: ignored: {e}")
+
+
+def _value_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """16-bit dtype for compressed values: the requested or stored one; fp32 narrows to fp16 unless it overflows."""
+    for d in (dtype, weight.dtype):
+        if d in (torch.float16, torch.bfloat16):
+            return d
+    overflow = weight.numel() and float(weight.abs().max()) > torch.finfo(torch.float16).max
+    return torch.bfloat16 if overflow else torch.float16
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int]:
+    if is_conv1d(module):
+        return module.nf, module.nx
+    return module.out_features, module.in_features
+
+
+class _Loader:
+    """Moves tensors from a `Shards` into a meta skeleton, one tensor (or one layer) at a time."""
+
+    def __init__(self, model, shards: Shards, device, dtype, format):
+        self.model, self.shards, self.device, self.dtype, self.format = model, shards, device, dtype, format
+        self.expected = dict(model.state_dict(keep_vars=True))
+        self.loaded: set[str] = set()
+        prefix = getattr(model, "base_model_prefix", "")
+        self.prefix = prefix + "." if prefix else ""
+
+    def model_name(self, name: str) -> str | None:
+        """Checkpoint name -> model name, allowing a missing or extra base-model prefix."""
+        for candidate in (name, self.prefix + name, name.removeprefix(self.prefix) if self.prefix else name):
+            if candidate in self.expected:
+                return candidate
+        return None
+
+    def place(self, name: str, tensor: torch.Tensor, source: str) -> None:
+        """Put a dense tensor where the skeleton expects `name` (a parameter or a persistent buffer)."""
+        target = self.expected[name]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise self.shards.error(source, f"shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
+        if tensor.dtype.is_floating_point != target.dtype.is_floating_point:
+            raise self.shards.error(source, f"dtype {tensor.dtype}, the model expects {target.dtype}")
+        if tensor.dtype.is_floating_point and self.dtype is not None:
+            tensor = tensor.to(self.dtype)
+        module_name, _, leaf = name.rpartition(".")
+        module = self.model.get_submodule(module_name)
+        tensor = tensor.to(self.device)
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+        else:
+            module._buffers[leaf] = tensor
+        self.loaded.add(name)
+
+    def install(self, module_name: str, weight: SparseWeight, source: str) -> None:
+        """Swap the skeleton's linear layer for a SparseLinear holding `weight` (already validated)."""
+        old = self.model.get_submodule(module_name)
+        if tuple(weight.shape) != _linear_shape(old):
+            raise self.shards.error(source, f"shape {tuple(weight.shape)}, the model expects {_linear_shape(old)}")
+        parent, _, child = module_name.rpartition(".")
+        bias = old.bias if isinstance(old.bias, nn.Parameter) else None  # may still be a meta placeholder
+        setattr(self.model.get_submodule(parent), child, SparseLinear(weight.to(self.device), bias))
+        self.loaded.add(module_name + ".weight")
+
+    def reencode(self, weight: SparseWeight) -> SparseWeight:
+        dtype = self.dtype if self.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        fmt = weight.format if self.format == "auto" else self.format
+        if dtype == weight.dtype and fmt == weight.format:
+            return weight
+        return compress(weight.to_dense().to(dtype), format=fmt)
+
+    def load_flashllm(self, entry: dict, config_path: Path) -> None:
+        layers = entry.get("layers")
+        if not isinstance(layers, dict):
+            raise CheckpointError(f"{config_path}: {SPARSITY_KEY}.layers must be an object")
+        claimed = set()
+        for module_name, record in layers.items():
+            self._check_layer_record(module_name, record, config_path)
+            head = module_name + ".weight."
+            parts = {n[len(head):]: n for n in self.shards.names() if n.startswith(head)}
+            if not parts:
+                raise CheckpointError(f"{config_path}: layer {module_name!r} has no tensors {head}* in the checkpoint")
+            source = next(iter(parts.values()))
+            try:
+                # Validated on the CPU, before any of it moves: a GPU kernel must never see unchecked offsets.
+                weight = SparseWeight.from_state_dict({k: self.shards.get(n) for k, n in parts.items()})
+            except (ValueError, TypeError) as e:
+                raise self.shards.error(source, f"layer {module_name}: invalid SparseWeight: {e}") from e
+            if weight.format != record["format"]:
+                raise self.shards.error(source, f"format {weight.format!r}, config.json says {record['format']!r}")
+            self.install(module_name, self.reencode(weight), source)
+            claimed.update(parts.values())
+        for name in self.shards.names():
+            if name in claimed:
+                continue
+            target = self.model_name(name)
+            if target is None:
+                raise self.shards.error(name, "not part of the model (a flashllm checkpoint must match exactly)")
+            self.place(target, self.shards.get(name), name)
+        for alias, original in (entry.get("aliases") or {}).items():
+            self._tie(alias, original, config_path)
+
+    def _check_layer_record(self, module_name, record, config_path: Path) -> None:
+        if not isinstance(record, dict) or record.get("format") not in FORMATS:
+            raise CheckpointError(f"{config_path}: layer {module_name!r}: format must be one of {FORMATS}")
+        try:
+            module = self.model.get_submodule(module_name)
+        except AttributeError:
+            raise CheckpointError(f"{config_path}: layer {module_name!r} does not exist in the model") from None
+        if not is_linear_like(module):
+            raise CheckpointError(f"{config_path}: layer {module_name!r} is a {type(module).__name__}, not a linear layer")
+
+    def _tie(self, alias: str, original: str, config_path: Path) -> None:
+        """Re-share what save_pretrained stored once: a tied tensor, or a SparseLinear used at two paths."""
+        if alias in self.loaded:
+            return
+        alias_layer, original_layer = alias.rpartition(".weight.")[0], original.rpartition(".weight.")[0]
+        if alias_layer and original_layer and isinstance(self._module(original_layer, config_path), SparseLinear):
+            parent, _, child = alias_layer.rpartition(".")
+            setattr(self._module(parent, config_path), child, self._module(original_layer, config_path))
+            self.loaded.update({alias, alias_layer + ".weight"})
+            return
+        if alias not in self.expected or original not in self.loaded:
+            raise CheckpointError(f"{config_path}: alias {alias!r} -> {original!r} does not name loaded tensors")
+        source_module, _, source_leaf = original.rpartition(".")
+        value = getattr(self.model.get_submodule(source_module), source_leaf)
+        module_name, _, leaf = alias.rpartition(".")
+        module = self.model.get_submodule(module_name)
+        (module._parameters if leaf in module._parameters else module._buffers)[leaf] = value
+        self.loaded.add(alias)
+
+    def _module(self, name: str, config_path: Path) -> nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"{config_path}: {name!r} is not a module of the model") from None
+
+    def load_dense(self, bitmask: bool, eligible, threshold) -> None:
+        names = self.shards.names()
+        groups, plain = ct.group_keys(names) if bitmask else ({}, names)
+        unexpected = []
+        for prefix, group in groups.items():
+            name = ct.parameter_name(prefix, self.expected)
+            try:
+                dense = ct.decode({s: self.shards.get(n) for s, n in group.items()}, prefix)
+            except ValueError as e:
+                raise self.shards.error(group["compressed"], str(e)) from e
+            self._dense_item(name, lambda t=dense: t, group["compressed"], eligible, threshold, unexpected)
+        for name in plain:
+            self._dense_item(name, lambda n=name: self.shards.get(n), name, eligible, threshold, unexpected)
+        if unexpected:
+            warnings.warn(f"{self.shards.root}: ignored {len(unexpected)} tensors the model does not have, "
+                          f"e.g. {unexpected[:3]}")
+
+    def _dense_item(self, name, read, source, eligible, threshold, unexpected) -> None:
+        target = self.model_name(name)
+        if target is None:
+            unexpected.append(name)
+            return
+        module_name, _, leaf = target.rpartition(".")
+        module = self.model.get_submodule(module_name)
+        if leaf != "weight" or not eligible(module_name, module):
+            self.place(target, read(), source)
+            return
+        tensor = read()
+        expected = _linear_shape(module)[::-1] if is_conv1d(module) else _linear_shape(module)
+        if tuple(tensor.shape) != expected:
+            raise self.shards.error(source, f"shape {tuple(tensor.shape)}, the model expects {expected}")
+        weight = tensor.t() if is_conv1d(module) else tensor
+        if not weight.dtype.is_floating_point:
+            raise self.shards.error(source, f"dtype {weight.dtype} is not a floating-point weight")
+        zeros = int((weight == 0).sum()) / weight.numel()
+        if zeros < threshold:
+            self.place(target, tensor, source)
+            return
+        # Compress on the target device: only this one dense layer is ever there at once.
+        value_dtype = _value_dtype(weight, self.dtype)
+        self.install(module_name, compress(weight.to(self.device).contiguous(), self.format, value_dtype), source)
+
+    def finish(self) -> None:
+        missing = [n for n, t in self.expected.items() if n not in self.loaded and t.device.type == "meta"]
+        if missing and hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()  # dense HF checkpoints omit a tied lm_head
+            state = self.model.state_dict(keep_vars=True)
+            missing = [n for n in missing if n in state and state[n].device.type == "meta"]
+        if missing:
+            raise CheckpointError(f"{self.shards.root}: checkpoint lacks {len(missing)} model tensors, e.g. {missing[:5]}")
+        for module in self.model.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None and buf.device != self.device:
+                    module._buffers[name] = buf.to(self.device)
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                  "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> dict:
+    """What a checkpoint directory holds, read from headers where possible (dense weights are scanned
+    one at a time to count zeros). Returns {"kind", "layers": [{name, shape, format, sparsity, nbytes,
+    dense_nbytes}], "file_bytes", "sparsity", ...}; each layer is a linear weight."""
+    root = Path(path)
+    config = _json(root / CONFIG_NAME) if (root / CONFIG_NAME).is_file() else {}
+    try:
+        kind = checkpoint_kind(config)
+    except ValueError as e:
+        raise CheckpointError(f"{root / CONFIG_NAME}: {e}") from e
+    shards = Shards(root)
+
+    def header_bytes(name):
+        dtype = shards._open(shards.location[name]).get_slice(name).get_dtype()
+        return math.prod(shards.shape(name)) * _ELEMENT_BYTES.get(dtype, 0)
+
+    layers = []
+    if kind == PRODUCER:
+        for name, record in (config[SPARSITY_KEY].get("layers") or {}).items():
+            parts = [n for n in shards.names() if n.startswith(name + ".weight.")]
+            shape = [int(d) for d in record.get("shape", [0, 0])]
+            layers.append({"name": name, "shape": shape, "format": str(record.get("format")),
+                           "sparsity": float(record.get("sparsity", 0.0)),
+                           "nbytes": sum(header_bytes(n) for n in parts), "dense_nbytes": 2 * math.prod(shape)})
+    elif kind == ct.BITMASK:
+        for prefix, group in ct.group_keys(shards.names())[0].items():
+            shape = list(ct._dense_shape(shards.get(group["shape"]), prefix))
+            if len(shape) != 2:
+                continue  # norms and biases compressed by old releases are not layers
+            nnz = math.prod(shards.shape(group["compressed"]))
+            value_bytes = header_bytes(group["compressed"]) // max(nnz, 1)
+            layers.append({"name": prefix.removesuffix(".weight"), "shape": shape, "format": ct.BITMASK,
+                           "sparsity": 1 - nnz / math.prod(shape), "nbytes": sum(header_bytes(n) for n in group.values()),
+                           "dense_nbytes": value_bytes * math.prod(shape)})
+    else:
+        skeleton = build_skeleton(load_config(root), None)
+        linear = {n for n, m in skeleton.named_modules() if is_linear_like(m)}
+        for name in shards.names():
+            if name.endswith(".weight") and name[: -len(".weight")] in linear and len(shards.shape(name)) == 2:
+                weight = shards.get(name)
+                layers.append({"name": name[: -len(".weight")], "shape": list(weight.shape), "format": "dense",
+                               "sparsity": int((weight == 0).sum()) / weight.numel(),
+                               "nbytes": _nbytes(weight), "dense_nbytes": _nbytes(weight)})
+    elements = sum(math.prod(layer["shape"]) for layer in layers)
+    zeros = sum(layer["sparsity"] * math.prod(layer["shape"]) for layer in layers)
+    return {"path": str(root), "kind": kind, "model_type": config.get("model_type"),
+            "format": config.get(SPARSITY_KEY, {}).get("format") if kind == PRODUCER else kind,
+            "layers": layers, "sparsity": zeros / elements if elements else 0.0,
+            "layer_bytes": sum(layer["nbytes"] for layer in layers),
+            "dense_layer_bytes": sum(layer["dense_nbytes"] for layer in layers),
+            "file_bytes": sum(p.stat().st_size for p in set(shards.location.values())),
+            "compressible": sum(1 for layer in layers if sparsity_threshold is not None
+                                and layer["sparsity"] >= sparsity_threshold)}

@@ -1,0 +1,35 @@
+"""`flashllm.spmm`: the one entry point; checks inputs, then picks the GPU kernel or the reference."""
+
+from __future__ import annotations
+
+import torch
+
+from .formats import SparseWeight
+from .kernels.reference import spmm_reference
+
+
+def check_spmm_args(x, w) -> None:
+    if not isinstance(w, SparseWeight):
+        raise TypeError(f"w must be a flashllm.SparseWeight, got {type(w).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"x must be fp16, bf16 or fp32, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"shape mismatch: x {tuple(x.shape)} needs last dim K = {w.shape[1]} "
+                         f"to multiply W {tuple(w.shape)} (y = x @ W^T)")
+    if x.device != w.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {w.device}")
+
+
+def spmm(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
+    """y = x @ W^T for x [..., K] and a compressed W [M, K]: y [..., M] in x's dtype, fp32 accumulate."""
+    check_spmm_args(x, w)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.shape[1])
+    if x.is_cuda:
+        from .kernels import dispatch
+        y = dispatch.spmm_cuda(x2, w)
+    else:
+        y = spmm_reference(x2, w)
+    return y.reshape(*lead, w.shape[0])

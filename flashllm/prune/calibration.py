@@ -1,0 +1,243 @@
+"""Calibration: the input statistics each linear layer sees, gathered one transformer block at a time.
+
+Sequential scheme (as in the SparseGPT and Wanda papers): capture the inputs of block 0 for every
+calibration sample, then for each block i: record its layers' input statistics with hooks, let the
+caller prune them, and run the *pruned* block i to produce block i+1's inputs. Only one block's
+activations are held at a time, and each block is calibrated on what the pruned model before it
+actually produces.
+"""
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class InputStats:
+    """Running statistics of the inputs [..., in_features] one layer receives."""
+
+    def __init__(self, hessian: bool):
+        self.want_hessian = hessian
+        self.tokens = 0
+        self.sq_sum = None  # [in]: sum of x_j^2 over tokens (Wanda)
+        self.xtx = None  # [in, in]: sum of x x^T over tokens (SparseGPT)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        if self.sq_sum is None:
+            self.sq_sum = torch.zeros(x.shape[1], device=x.device)
+            if self.want_hessian:
+                self.xtx = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+        self.tokens += x.shape[0]
+        self.sq_sum += x.square().sum(0)
+        if self.want_hessian:
+            self.xtx.addmm_(x.T, x)
+
+    @property
+    def input_norm(self) -> torch.Tensor:
+        """||X_j||_2 per input feature j."""
+        return self.sq_sum.sqrt()
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """X^T X / tokens: the mean keeps the scale independent of how much data was used."""
+        return self.xtx / max(self.tokens, 1)
+
+
+@contextlib.contextmanager
+def record_inputs(layers: Mapping[str, nn.Module], hessian: bool):
+    """Within the block, every call of layers[name] adds its input to stats[name] (the yielded dict)."""
+    stats = {name: InputStats(hessian) for name in layers}
+    handles = [
+        layer.register_forward_pre_hook(lambda _module, args, s=stats[name]: s.add(args[0]))
+        for name, layer in layers.items()
+    ]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def prepare_samples(calibration: Sequence, tokenizer=None, device=None) -> list[tuple[tuple, dict]]:
+    """Turn calibration items into (args, kwargs) for model(*args, **kwargs).
+
+    A token-id tensor [T] or [B, T] is passed positionally; a string is tokenized (needs tokenizer);
+    a mapping (e.g. a tokenizer's output) is passed as keyword arguments.
+    """
+    samples = []
+    for item in calibration:
+        if isinstance(item, str):
+            if tokenizer is None:
+                raise ValueError("calibration contains strings: pass tokenizer= to turn them into token ids")
+            item = dict(tokenizer(item, return_tensors="pt"))
+        if isinstance(item, torch.Tensor):
+            ids = item if item.dim() == 2 else item.reshape(1, -1)
+            samples.append(((ids.to(device),), {}))
+        elif isinstance(item, Mapping):
+            samples.append(((), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in item.items()}))
+        else:
+            raise TypeError(f"calibration items must be token-id tensors, strings or dicts, got {type(item).__name__}")
+    if not samples:
+        raise ValueError("calibration is empty")
+    return samples
+
+
+def find_blocks(model: nn.Module, layers: Mapping[str, nn.Module]) -> nn.ModuleList | None:
+    """The ModuleList of same-type blocks holding the most of `layers` (a transformer's layer stack)."""
+    best, best_count = None, 0
+    wanted = {id(m) for m in layers.values()}
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        count = sum(id(m) in wanted for m in module.modules())
+        if count > best_count:
+            best, best_count = module, count
+    return best
+
+
+def calibrate_sequentially(
+    model: nn.Module,
+    samples: list[tuple[tuple, dict]],
+    layers: Mapping[str, nn.Module],
+    hessian: bool,
+    on_layer: Callable[[str, InputStats], None],
+) -> None:
+    """Call on_layer(name, stats) once per layer in `layers`, block by block (see module docstring).
+
+    on_layer is expected to prune the layer (it may replace it in the model); the block is then
+    re-run with the pruned layer. Layers outside the block stack, or every layer when the model has
+    no stack of chained blocks, get their statistics from one final pass over the whole model.
+    """
+    remaining = dict(layers)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _kv_cache_off(model):
+            blocks = find_blocks(model, layers)
+            if blocks is not None and _blocks_are_chained(model, blocks, samples[0]):
+                _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer)
+            if remaining:
+                with record_inputs(remaining, hessian) as stats:
+                    for args, kwargs in samples:
+                        model(*args, **kwargs)
+                for name in list(remaining):
+                    on_layer(name, stats.pop(name))
+                    del remaining[name]
+    finally:
+        model.train(was_training)
+
+
+def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer):
+    block_of = {}
+    for i, block in enumerate(blocks):
+        inside = {id(m) for m in block.modules()}
+        block_of.update({name: i for name, m in remaining.items() if id(m) in inside})
+    if not block_of:
+        return
+    inputs = _capture_inputs(model, blocks[0], samples)
+    last = max(block_of.values())
+    for i in range(last + 1):
+        block = blocks[i]
+        here = {name: remaining[name] for name, b in block_of.items() if b == i}
+        if here:
+            with record_inputs(here, hessian) as stats:
+                for args, kwargs in inputs:
+                    block(*args, **kwargs)
+            for name in here:
+                on_layer(name, stats.pop(name))
+                del remaining[name]
+        if i < last:
+            inputs = [_with_hidden(args, kwargs, _hidden_out(block(*args, **kwargs))) for args, kwargs in inputs]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _capture_inputs(model, block, samples):
+    """(args, kwargs) of block's call for each sample; the model stops right there."""
+    captured = []
+
+    def grab(_module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for args, kwargs in samples:
+            try:
+                model(*args, **kwargs)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _blocks_are_chained(model, blocks, sample) -> bool:
+    """True when, on one sample, each block runs once, in order, on exactly the previous block's output.
+
+    Only then can block i+1's inputs be computed from block i alone (MoE expert lists, shared layers
+    or blocks with work between them fail this and are calibrated with whole-model passes).
+    """
+    state = {"next": 0, "last_out": None, "ok": True}
+
+    def before(index):
+        def hook(_module, args, kwargs):
+            hidden = _hidden_in(args, kwargs)
+            if index != state["next"] or hidden is None:
+                state["ok"] = False
+            elif index > 0 and not (state["last_out"] is not None and torch.equal(hidden, state["last_out"])):
+                state["ok"] = False
+            state["next"] = index + 1
+        return hook
+
+    def after(_module, _args, output):
+        state["last_out"] = _hidden_out(output)
+
+    handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(before(i), with_kwargs=True))
+        handles.append(block.register_forward_hook(after))
+    try:
+        args, kwargs = sample
+        model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return state["ok"] and state["next"] == len(blocks)
+
+
+def _hidden_in(args, kwargs):
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    return hidden if isinstance(hidden, torch.Tensor) else None
+
+
+def _hidden_out(output):
+    # Hugging Face blocks return either the hidden states or a tuple starting with them.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _with_hidden(args, kwargs, hidden):
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+@contextlib.contextmanager
+def _kv_cache_off(model):
+    # A KV cache would only grow during calibration, and a cache object captured with block 0's
+    # inputs must not be fed to the other blocks.
+    config = getattr(model, "config", None)
+    old = getattr(config, "use_cache", None)
+    if old:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if old:
+            config.use_cache = old
