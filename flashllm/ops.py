@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .formats import SparseWeight
+from .kernels import dispatch
 from .kernels.reference import spmm_reference
 
 
@@ -28,7 +29,6 @@ def spmm(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, w.shape[1])
     if x.is_cuda:
-        from .kernels import dispatch
         y = dispatch.spmm_cuda(x2, w)
     else:
         y = spmm_reference(x2, w)

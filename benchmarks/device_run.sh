@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One device call: GPU tests, then the kernel benchmark; the short table prints last, JSON/PNG go to $OUT.
+# usage (on the device): bash benchmarks/device_run.sh [tests|sweep|bench|all] [bench args...]
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD FLASHLLM_CACHE_DIR=${FLASHLLM_CACHE_DIR:-/tmp/flashllm-cache}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+what=${1:-all}; shift || true
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, cuda.bindings; print('torch', torch.__version__, torch.cuda.get_device_name())"
+if [[ $what == tests || $what == all ]]; then
+  python3 -m pytest tests -m gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+fi
+if [[ $what == sweep ]]; then
+  python3 benchmarks/sweep_configs.py "$@" 2>&1 | tee "$OUT/sweep.log"
+fi
+if [[ $what == bench || $what == all ]]; then
+  python3 -m flashllm.bench kernel --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" | grep -v '^[0-9]*x[0-9]* N=' 
+fi

@@ -1,0 +1,124 @@
+// Shared pieces of the flashllm SpMM kernels: PTX wrappers, the X-tile pipeline, the MMA and
+// the epilogue.  Header-free on purpose: NVRTC has no default include path, so fp16/bf16 travel
+// as raw 16-bit words and every conversion is one PTX instruction.
+#pragma once
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+#define BLOCK 64          // rows and K columns of a format block
+#define THREADS 128       // 4 warps; warp w owns strip w (16 rows) of every block of the CTA
+#define X_ROW_BYTES 128   // one token's 64 K-values in a stage
+
+// Everything a launch needs, passed by value as one struct (one pointer per launch from Python).
+struct Params {
+  const u8* weight;        // bitmap: block bytes; tiled_csl: int32 words
+  const i64* block_ptr;    // bitmap: byte offsets; tiled_csl: word offsets
+  const u16* x;            // [N, ldx] activations, ldx % 8 == 0, 16-byte aligned rows
+  u16* y;                  // [N, M] output (split == 1)
+  float* partial;          // [split, N, M] fp32 partial sums (split > 1)
+  int M, N, K, ldx;
+  int MB, KB;              // blocks along M and K
+  int kb_per_split;        // K-blocks per grid.z slice
+  int stage_w_bytes;       // bytes reserved per weight block in a stage (>= largest block)
+};
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  return (u32)__cvta_generic_to_shared(p);
+}
+
+// 16-byte async copy; src_bytes == 0 zero-fills the destination (used past N and K).
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x2(u32 (&r)[2], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+  if (BF16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+template <bool BF16>
+__device__ __forceinline__ u16 from_float(float v) {
+  u16 r;
+  if (BF16) asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(r) : "f"(v));
+  else asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(r) : "f"(v));
+  return r;
+}
+
+// X tile of one stage: NT*8 tokens x 64 K-values, 16-byte chunk c of token n stored at chunk
+// c ^ (n % 8) so that ldmatrix's 8 row addresses fall in 8 different bank groups.
+template <int NT>
+__device__ __forceinline__ void load_x_tile(u32 xs, const Params& p, int n0, int kb) {
+  for (int c = threadIdx.x; c < NT * 8 * 8; c += THREADS) {
+    int r = c >> 3, ch = c & 7;
+    int n = n0 + r, k = kb * BLOCK + ch * 8;
+    bool ok = n < p.N && k < p.K;  // ldx is padded to 8 with zeros, so a chunk is all in or all out
+    const u16* src = ok ? p.x + (i64)n * p.ldx + k : p.x;
+    cp_async16(xs + r * X_ROW_BYTES + ((ch ^ (r & 7)) << 4), src, ok ? 16 : 0);
+  }
+}
+
+// B fragments (X^T) for the 16-wide K slice f of the stage, for all NT n8 tiles.
+template <int NT>
+__device__ __forceinline__ void load_b_frags(u32 (&b)[NT][2], u32 xs, int f) {
+  int lane = threadIdx.x & 31;
+  int r = lane & 7, ch = 2 * f + ((lane >> 3) & 1);
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    int row = nt * 8 + r;
+    ldmatrix_x2(b[nt], xs + row * X_ROW_BYTES + ((ch ^ (row & 7)) << 4));
+  }
+}
+
+// Write the warp's 16 x (NT*8) accumulator tile of strip rows m0.. : to y directly, or as an fp32
+// partial (split-K; the reduce kernel sums the slices in a fixed order, so results are bitwise
+// reproducible).
+template <int NT, bool BF16>
+__device__ __forceinline__ void store_tile(const Params& p, const float (&acc)[NT][4], int m0, int n0) {
+  int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  bool split = gridDim.z > 1;
+  float* part = p.partial + (i64)blockIdx.z * p.N * p.M;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      int m = m0 + g + ((i >> 1) << 3), n = n0 + nt * 8 + 2 * t + (i & 1);
+      if (m < p.M && n < p.N) {
+        if (split) part[(i64)n * p.M + m] = acc[nt][i];
+        else p.y[(i64)n * p.M + m] = from_float<BF16>(acc[nt][i]);
+      }
+    }
+  }
+}
+
+// Sums the split-K slices in slice order (deterministic) and casts to the output dtype.
+template <bool BF16>
+__device__ __forceinline__ void reduce_partials(const float* partial, u16* y, int split, i64 count) {
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+    float s = 0.f;
+    for (int z = 0; z < split; z++) s += partial[z * count + i];
+    y[i] = from_float<BF16>(s);
+  }
+}

@@ -1,0 +1,221 @@
+// Load-as-Sparse, Compute-as-Dense SpMM:  Y[N, M] = X[N, K] . W[M, K]^T, W compressed.
+//
+// Grid: x = M tiles of SPW format blocks (64*SPW rows), y = N chunks of NT*8 tokens, z = split-K.
+// Each CTA streams its blocks' compressed bytes and its X tile through a STAGES-deep cp.async
+// ring; warp w decodes strip w (16 rows) of each block into mma.sync A fragments and multiplies.
+// The two formats differ only in how a stage becomes A fragments:
+//   bitmap    - straight from the mask words and value streams into registers (no dense tile);
+//   tiled_csl - the Flash-LLM way: scatter the words into a zeroed, swizzled dense tile in shared
+//               memory, then ldmatrix it.
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// Stage loading (both formats: a block is a contiguous run of 16-byte units)
+
+template <int SPW, int NT, int UNIT>
+__device__ __forceinline__ void load_stage(u32 stage, const Params& p, int mt, int n0, int kb) {
+#pragma unroll
+  for (int j = 0; j < SPW; j++) {
+    int mb = mt * SPW + j;
+    if (mb >= p.MB) break;
+    i64 b = (i64)mb * p.KB + kb;
+    i64 begin = p.block_ptr[b] * UNIT, bytes = p.block_ptr[b + 1] * UNIT - begin;
+    const u8* src = p.weight + begin;
+    u32 dst = stage + j * p.stage_w_bytes;
+    for (int c = threadIdx.x; c < (int)(bytes >> 4); c += THREADS) cp_async16(dst + (c << 4), src + (c << 4), 16);
+  }
+  load_x_tile<NT>(stage + SPW * p.stage_w_bytes, p, n0, kb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bitmap decode: lane (h = half-warp, hl = lane in it) owns bits 2hl, 2hl+1 of each mask word of
+// its half.  Its first value sits after the popcount of the bits below; `base` points 2 bytes
+// before the half's value stream so that one popcount (of the bits up to and including the
+// lane's first bit) addresses both cases:
+//   first bit set:   value pair starts at the lane's first value   (lo = v[c], hi = v[c+1])
+//   first bit clear: only the second can be set and it is v[c]     (lo = junk, hi = v[c])
+// Junk halves are then masked by the lane's two bits, spread to 16-bit masks with prmt's
+// sign-replication mode.
+struct BitmapLane {
+  u32 below_incl;   // bits 0 .. 2hl (inclusive)
+  u32 rot_lo, rot_hi;  // rotate amounts that bring bit 2hl to bit 7 and bit 2hl+1 to bit 15
+};
+
+__device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& base) {
+  u32 c = __popc(word & L.below_incl);
+  u32 addr = base + 2 * c;
+  u16 lo, hi;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(lo) : "r"(addr));
+  asm volatile("ld.shared.u16 %0, [%1+2];\n" : "=h"(hi) : "r"(addr));
+  u32 r7 = __funnelshift_l(word, word, L.rot_lo);
+  u32 r15 = __funnelshift_l(word, word, L.rot_hi);
+  u32 keep;  // bytes 0,1 <- sign of r7.b0 (selector 8); bytes 2,3 <- sign of r15.b1 (selector 8|5)
+  asm("prmt.b32 %0, %1, %2, 0xDD88;\n" : "=r"(keep) : "r"(r7), "r"(r15));
+  base += 2 * __popc(word);
+  return ((u32)lo | ((u32)hi << 16)) & keep;
+}
+
+template <int SPW, int NT, bool BF16>
+__device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int mt, float (&acc)[SPW][NT][4],
+                                               const BitmapLane& L) {
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = lane >> 4;
+  u32 xs = stage + SPW * p.stage_w_bytes;
+  u32 base[SPW];
+#pragma unroll
+  for (int j = 0; j < SPW; j++) {
+    u32 blk = stage + j * p.stage_w_bytes;
+    int stream = 2 * warp + h;
+    u32 start = 0;
+    if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
+    base[j] = blk + 528 + 2 * (start & 0xFFFF) - 2;
+  }
+#pragma unroll
+  for (int f = 0; f < 4; f++) {
+    u32 b[NT][2];
+    load_b_frags<NT>(b, xs, f);
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+      if (mt * SPW + j >= p.MB) break;
+      u32 blk = stage + j * p.stage_w_bytes;
+      u32 w0, w1, w2, w3;
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
+      u32 a[4];
+      a[0] = decode_reg(w0, L, base[j]);
+      a[1] = decode_reg(w1, L, base[j]);
+      a[2] = decode_reg(w2, L, base[j]);
+      a[3] = decode_reg(w3, L, base[j]);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiled-CSL: scatter each word's value to its (pre-swizzled) location in a dense 64x64 tile.
+// The encoder dealt the words so that the 32 lanes of one 16-bit store usually hit 32 banks.
+
+template <int SPW>
+__device__ __forceinline__ void scatter_csl(u32 stage, u32 dense, const Params& p, int mt, int kb) {
+#pragma unroll
+  for (int j = 0; j < SPW; j++) {
+    int mb = mt * SPW + j;
+    if (mb >= p.MB) break;
+    i64 b = (i64)mb * p.KB + kb;
+    int vectors = (int)((p.block_ptr[b + 1] - p.block_ptr[b]) >> 2);
+    u32 words = stage + j * p.stage_w_bytes, tile = dense + j * BLOCK * BLOCK * 2;
+    for (int v = threadIdx.x; v < vectors; v += THREADS) {
+      u32 w[4];
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(words + (v << 4)));
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(tile + ((w[i] >> 16) << 1)), "h"((u16)(w[i] & 0xFFFF)));
+    }
+  }
+}
+
+// Zero this warp's strip of every dense tile again, ready for the next scatter.
+template <int SPW>
+__device__ __forceinline__ void clear_strips(u32 dense) {
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < SPW; j++)
+#pragma unroll
+    for (int i = 0; i < 4; i++)  // 16 rows x 128 bytes = 128 x 16-byte stores per warp
+      asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n"
+                   :: "r"(dense + j * BLOCK * BLOCK * 2 + warp * 16 * 128 + (i * 32 + lane) * 16), "r"(0));
+}
+
+template <int SPW, int NT, bool BF16>
+__device__ __forceinline__ void compute_dense(u32 xs, u32 dense, const Params& p, int mt, float (&acc)[SPW][NT][4]) {
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int f = 0; f < 4; f++) {
+    u32 b[NT][2];
+    load_b_frags<NT>(b, xs, f);
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+      if (mt * SPW + j >= p.MB) break;
+      int row = warp * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+      int ch = 2 * f + (lane >> 4);
+      u32 a[4];
+      ldmatrix_x4(a, dense + j * BLOCK * BLOCK * 2 + row * 128 + ((ch ^ (row & 7)) << 4));
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+template <int SPW, int NT, int STAGES, bool BF16, bool CSL>
+__device__ __forceinline__ void spmm_body(const Params& p) {
+  extern __shared__ __align__(16) u8 smem[];
+  const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
+  const int kb0 = blockIdx.z * p.kb_per_split;
+  const int nk = min(p.KB - kb0, p.kb_per_split);
+  const u32 stage_bytes = SPW * p.stage_w_bytes + NT * 8 * X_ROW_BYTES;
+  const u32 ring = smem_addr(smem);
+  const u32 dense = ring + STAGES * stage_bytes;  // CSL only: SPW dense 64x64 tiles
+
+  float acc[SPW][NT][4];
+#pragma unroll
+  for (int j = 0; j < SPW; j++)
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[j][nt][i] = 0.f;
+
+  BitmapLane L;
+  {
+    int hl = threadIdx.x & 15;
+    L.below_incl = (2u << (2 * hl)) - 1u;
+    L.rot_lo = (7u - 2u * hl) & 31u;
+    L.rot_hi = (14u - 2u * hl) & 31u;
+  }
+  if (CSL) {
+    clear_strips<SPW>(dense);
+  }
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < nk) load_stage<SPW, NT, CSL ? 4 : 1>(ring + s * stage_bytes, p, mt, n0, kb0 + s);
+    cp_async_commit();
+  }
+  for (int it = 0; it < nk; it++) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage `it` landed for every thread; stage `it-1` is free again
+    int next = it + STAGES - 1;
+    if (next < nk) load_stage<SPW, NT, CSL ? 4 : 1>(ring + (next % STAGES) * stage_bytes, p, mt, n0, kb0 + next);
+    cp_async_commit();
+    u32 stage = ring + (it % STAGES) * stage_bytes;
+    if (CSL) {
+      scatter_csl<SPW>(stage, dense, p, mt, kb0 + it);
+      __syncthreads();
+      compute_dense<SPW, NT, BF16>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
+      __syncwarp();
+      clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
+    } else {
+      compute_bitmap<SPW, NT, BF16>(stage, p, mt, acc, L);
+    }
+  }
+  cp_async_wait<0>();
+
+  int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int j = 0; j < SPW; j++) store_tile<NT, BF16>(p, acc[j], (mt * SPW + j) * BLOCK + warp * 16, n0);
+}
+
+#define FLASHLLM_KERNEL(NAME, CSL)                                                               \
+  template <int SPW, int NT, int STAGES, bool BF16>                                              \
+  __global__ void __launch_bounds__(THREADS) NAME(const Params p) {                              \
+    spmm_body<SPW, NT, STAGES, BF16, CSL>(p);                                                    \
+  }
+FLASHLLM_KERNEL(spmm_bitmap, false)
+FLASHLLM_KERNEL(spmm_tiled_csl, true)
+
+template <bool BF16>
+__global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count) {
+  reduce_partials<BF16>(partial, y, split, count);
+}

@@ -1,0 +1,36 @@
+"""Large-N and fallback path: expand the weight to dense a chunk of rows at a time, then cuBLAS.
+
+Memory stays bounded: at most `chunk_bytes` of dense weight exist at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats import SparseWeight
+from ..formats.layout import BLOCK
+
+CHUNK_BYTES = 256 << 20
+
+
+def row_blocks(w: SparseWeight, mb0: int, mb1: int) -> SparseWeight:
+    """Rows [64*mb0, 64*mb1) of W as a SparseWeight sharing storage (blocks are row-block-major)."""
+    m, k = w.shape
+    kb = -(-k // BLOCK)
+    data_key, ptr_key = ("data", "block_ptr") if w.format == "bitmap" else ("words", "tile_ptr")
+    ptr = w.tensors[ptr_key][mb0 * kb: mb1 * kb + 1]
+    data = w.tensors[data_key][int(ptr[0]):int(ptr[-1])]
+    rows = min(m, mb1 * BLOCK) - mb0 * BLOCK
+    return SparseWeight(w.format, (rows, k), w.dtype, 0, w.max_block_bytes, {data_key: data, ptr_key: ptr - ptr[0]})
+
+
+def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+    m, k = w.shape
+    mb = -(-m // BLOCK)
+    step = max(1, chunk_bytes // (BLOCK * k * 2))
+    compute = x.dtype if x.dtype == w.dtype else torch.float32
+    outs = []
+    for mb0 in range(0, mb, step):
+        dense = row_blocks(w, mb0, min(mb, mb0 + step)).to_dense().to(compute)
+        outs.append(torch.nn.functional.linear(x.to(compute), dense))
+    return torch.cat(outs, dim=-1).to(x.dtype)

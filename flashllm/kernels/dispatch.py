@@ -1,0 +1,151 @@
+"""Choose and launch a GPU kernel for y = x @ W^T: tile config, split-K, large-N fallback.
+
+Everything here is a heuristic from (M, K, N, SM count, block sizes); there is no per-shape table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from ..formats import SparseWeight
+from ..formats.layout import BLOCK
+from . import jit
+
+THREADS = 128
+SMEM_PER_SM = 227 * 1024  # Hopper/Ampere-class opt-in limit per block; per-SM total is ~228 KB
+SPW_CHOICES = (1, 2, 4)
+NT_CHOICES = (1, 2, 4, 8)
+STAGE_CHOICES = (2, 3, 4, 6)
+MAX_KERNEL_N = 256  # above this the weight is decompressed in chunks and multiplied by cuBLAS
+
+
+class Params(ctypes.Structure):
+    _fields_ = [("weight", ctypes.c_void_p), ("block_ptr", ctypes.c_void_p), ("x", ctypes.c_void_p),
+                ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
+                ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
+                ("MB", ctypes.c_int), ("KB", ctypes.c_int), ("kb_per_split", ctypes.c_int),
+                ("stage_w_bytes", ctypes.c_int)]
+
+
+@dataclass(frozen=True)
+class Config:
+    spw: int      # 64-row format blocks per CTA (warp w decodes strip w of each)
+    nt: int       # n8 tiles per CTA: tokens per CTA = 8 * nt
+    stages: int   # cp.async ring depth
+    split: int    # grid.z K slices
+    kb_per_split: int
+    stage_w_bytes: int
+    smem: int
+
+    def name(self, fmt: str, bf16: bool) -> str:
+        return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{'true' if bf16 else 'false'}>"
+
+
+@functools.lru_cache(maxsize=None)
+def _device_props(index: int) -> tuple[int, tuple[int, int]]:
+    p = torch.cuda.get_device_properties(index)
+    return p.multi_processor_count, (p.major, p.minor)
+
+
+def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int,
+                  spw: int | None = None, stages: int | None = None, split: int | None = None) -> Config:
+    """Tile config from the problem size alone.
+
+    - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
+    - spw: more rows per CTA re-read the X tile less often; fewer keep enough CTAs for the SMs.
+    - stages: as deep as keeps ~4 CTAs per SM in shared memory (bytes in flight hide HBM latency).
+    - split: K slices until the grid fills ~4 CTAs per SM, each slice streaming >= 8 blocks.
+    """
+    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
+    n_tiles = -(-n // (8 * nt))
+    stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
+    if spw is None:
+        spw = 4 if nt == 1 else 2 if nt <= 4 else 1
+        while spw > 1 and -(-mb // spw) * n_tiles < sms:
+            spw //= 2
+    stage_bytes = spw * stage_w + nt * 8 * 128
+    dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else 0
+    if stages is None:
+        budget = SMEM_PER_SM // 4 - dense
+        stages = max([s for s in STAGE_CHOICES if s * stage_bytes <= budget] or [2])
+    smem = stages * stage_bytes + dense
+    if smem > SMEM_PER_SM:
+        raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
+    if split is None:
+        ctas = -(-mb // spw) * n_tiles
+        per_sm = max(1, min(8, SMEM_PER_SM // smem))
+        split = max(1, min(kb // 8, round(sms * min(per_sm, 4) / ctas)))
+    kb_per_split = -(-kb // max(1, split))
+    split = -(-kb // kb_per_split)
+    return Config(spw, nt, stages, split, kb_per_split, stage_w, smem)
+
+
+def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor) -> None:
+    m, k = w.shape
+    n = x.shape[0]
+    dev = x.device.index
+    sms, cap = _device_props(dev)
+    bf16 = w.dtype == torch.bfloat16
+    kernel = jit.get_kernel(cfg.name(w.format, bf16), dev, cap)
+    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
+    data = w.tensors["data"] if w.format == "bitmap" else w.tensors["words"]
+    ptr = w.tensors["block_ptr"] if w.format == "bitmap" else w.tensors["tile_ptr"]
+    params = Params(data.data_ptr(), ptr.data_ptr(), x.data_ptr(), y.data_ptr(),
+                    partial.data_ptr() if partial is not None else 0,
+                    m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
+    kernel.launch(grid, cfg.smem, stream, params)
+    if partial is not None:
+        reduce = jit.get_kernel(f"splitk_reduce<{'true' if bf16 else 'false'}>", dev, cap)
+        count = n * m
+        blocks = min(sms * 8, -(-count // 256))
+        reduce.launch_args((blocks, 1, 1), (256, 1, 1), stream,
+                           [partial.data_ptr(), y.data_ptr(), ctypes.c_int(cfg.split), ctypes.c_longlong(count)])
+
+
+def prepare_x(x: torch.Tensor) -> torch.Tensor:
+    """The kernels read X in 16-byte chunks: rows contiguous, 16-byte aligned, K padded to 8."""
+    n, k = x.shape
+    ok = x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0 and k % 8 == 0
+    if ok:
+        return x
+    padded = torch.zeros((n, -(-k // 8) * 8), dtype=x.dtype, device=x.device)
+    padded[:, :k] = x
+    return padded
+
+
+def spmm_kernel(x: torch.Tensor, w: SparseWeight, **overrides) -> torch.Tensor:
+    """Run our kernel whatever N is (the custom op's body)."""
+    n = x.shape[0]
+    m, k = w.shape
+    y = torch.empty((n, m), dtype=x.dtype, device=x.device)
+    if n == 0:
+        return y
+    sms, _ = _device_props(x.device.index)
+    cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, **overrides)
+    with torch.cuda.device(x.device):
+        _launch(prepare_x(x), w, cfg, y)
+    return y
+
+
+def spmm_cuda(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
+    """y = x @ W^T on the GPU (fp16/bf16 x of the weight's dtype, or fp32 x on the dense path)."""
+    if x.dtype != w.dtype and x.dtype != torch.float32:
+        raise ValueError(f"x is {x.dtype} but the weight holds {w.dtype} values; cast x to {w.dtype}")
+    from .op import spmm_op
+    return spmm_op(x, w)
+
+
+def run(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
+    """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
+    if x.dtype != w.dtype or x.shape[0] > MAX_KERNEL_N or _device_props(x.device.index)[1] < (8, 0):
+        from .decompress import dense_matmul
+        return dense_matmul(x, w)
+    return spmm_kernel(x, w)

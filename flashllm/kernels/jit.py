@@ -1,0 +1,153 @@
+"""NVRTC JIT with a disk cache: CUDA C++ in `csrc/` becomes cubins at first use, never at install.
+
+Cache: `$FLASHLLM_CACHE_DIR` (default `~/.cache/flashllm/kernels`), one cubin per kernel
+instantiation, named by a hash of (sources, options, NVRTC version, arch, name expression).
+Compilation needs no GPU, which is how CI builds every kernel variant.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = ("common.cuh", "spmm.cu")
+
+
+class KernelCompileError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLASHLLM_CACHE_DIR") or os.path.join(Path.home(), ".cache", "flashllm", "kernels")
+    return Path(root)
+
+
+def _check(result, what: str):
+    err, *rest = result
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err!r}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+@functools.lru_cache(maxsize=None)
+def _nvrtc():
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("flashllm's GPU kernels need NVRTC: pip install 'flashllm[gpu]' "
+                          "(cuda-python and nvidia-cuda-nvrtc)") from e
+    return nvrtc
+
+
+def nvrtc_version() -> str:
+    major, minor = _check(_nvrtc().nvrtcVersion(), "nvrtcVersion")
+    return f"{major}.{minor}"
+
+
+@functools.lru_cache(maxsize=None)
+def _source() -> str:
+    # Inline the header so the program needs no include path and the hash covers every line.
+    body = (CSRC / "spmm.cu").read_text()
+    return body.replace('#include "common.cuh"', (CSRC / "common.cuh").read_text())
+
+
+def _options(arch: str) -> list[bytes]:
+    return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math"]
+
+
+def compile_kernel(name_expr: str, arch: str) -> tuple[bytes, str]:
+    """Compile one instantiation (e.g. 'spmm_bitmap<4,1,4,false>') to a cubin; cached on disk.
+
+    Returns (cubin, lowered_name).
+    """
+    src = _source()
+    opts = _options(arch)
+    key = hashlib.sha256("\0".join([src, *map(bytes.decode, opts), nvrtc_version(), arch, name_expr])
+                         .encode()).hexdigest()[:24]
+    folder = cache_dir() / arch
+    cubin_path, name_path = folder / f"{key}.cubin", folder / f"{key}.name"
+    if cubin_path.exists() and name_path.exists():
+        return cubin_path.read_bytes(), name_path.read_text()
+
+    nvrtc = _nvrtc()
+    prog = _check(nvrtc.nvrtcCreateProgram(src.encode(), b"flashllm_spmm.cu", 0, [], []), "nvrtcCreateProgram")
+    try:
+        _check(nvrtc.nvrtcAddNameExpression(prog, name_expr.encode()), "nvrtcAddNameExpression")
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        log_size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        log = b" " * log_size
+        _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+        if int(err) != 0:
+            raise KernelCompileError(f"NVRTC failed to compile {name_expr} for {arch}:\n"
+                                     f"{log.decode(errors='replace')}")
+        lowered = _check(nvrtc.nvrtcGetLoweredName(prog, name_expr.encode()), "nvrtcGetLoweredName").decode()
+        size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, payload in ((cubin_path, cubin), (name_path, lowered.encode())):
+        # write-then-rename: concurrent processes (one per GPU rank) never see half a file
+        fd, tmp = tempfile.mkstemp(dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    return cubin, lowered
+
+
+def arch_for(capability: tuple[int, int]) -> str:
+    major, minor = capability
+    # sm_90a unlocks Hopper-only instructions; the 'a' target runs only on exactly 9.0.
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+
+
+class LoadedKernel:
+    """A cubin function loaded into the current CUDA context, launched through the driver API."""
+
+    def __init__(self, cubin: bytes, lowered: str):
+        from cuda.bindings import driver
+        self._driver = driver
+        self.module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+        self.function = _check(driver.cuModuleGetFunction(self.module, lowered.encode()), "cuModuleGetFunction")
+        self.max_smem = 0
+
+    def allow_smem(self, nbytes: int) -> None:
+        if nbytes > 48 * 1024 and nbytes > self.max_smem:
+            attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            _check(self._driver.cuFuncSetAttribute(self.function, attr, nbytes), "cuFuncSetAttribute")
+            self.max_smem = nbytes
+
+    def launch(self, grid, smem: int, stream: int, params: ctypes.Structure) -> None:
+        self.allow_smem(smem)
+        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
+        (err,) = self._driver.cuLaunchKernel(self.function, *grid, 128, 1, 1, smem,
+                                             self._driver.CUstream(stream), ctypes.addressof(ptrs), 0)
+        if int(err) != 0:
+            raise RuntimeError(f"cuLaunchKernel failed: {err!r} (grid {grid}, smem {smem})")
+
+    def launch_args(self, grid, block, stream: int, args: list) -> None:
+        holders = [a if isinstance(a, ctypes._SimpleCData) else ctypes.c_void_p(a) for a in args]
+        ptrs = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        (err,) = self._driver.cuLaunchKernel(self.function, *grid, *block, 0, self._driver.CUstream(stream),
+                                             ctypes.addressof(ptrs), 0)
+        if int(err) != 0:
+            raise RuntimeError(f"cuLaunchKernel failed: {err!r}")
+
+
+_loaded: dict[tuple, LoadedKernel] = {}
+
+
+def get_kernel(name_expr: str, device_index: int, capability: tuple[int, int]) -> LoadedKernel:
+    key = (name_expr, device_index)
+    k = _loaded.get(key)
+    if k is None:
+        cubin, lowered = compile_kernel(name_expr, arch_for(capability))
+        k = _loaded[key] = LoadedKernel(cubin, lowered)
+    return k

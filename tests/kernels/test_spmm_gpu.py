@@ -1,0 +1,144 @@
+"""GPU kernels against an fp32 reference (marker `gpu`: skipped in CI, run on the device)."""
+
+import pytest
+import torch
+
+import flashllm
+from flashllm.kernels.dispatch import spmm_kernel
+
+pytestmark = pytest.mark.gpu
+
+SPARSITIES = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
+NS = [1, 3, 8, 16, 17, 32, 64, 128, 1024]
+FORMATS = ["bitmap", "tiled_csl"]
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def pruned(m, k, sparsity, dtype, gen):
+    w = torch.randn(m, k, generator=gen, device="cuda").to(dtype)
+    w[torch.rand(m, k, generator=gen, device="cuda") < sparsity] = 0
+    return w
+
+
+def rel_err(y, ref):
+    return ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check(x, w_dense, sw, tol):
+    ref = x.float() @ w_dense.float().T
+    y = spmm_kernel(x, sw)
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    assert torch.isfinite(y).all(), "non-finite output (unwritten or corrupted elements)"
+    if ref.norm() == 0:
+        assert (y == 0).all()
+    else:
+        assert rel_err(y, ref) <= tol, f"rel err {rel_err(y, ref):.2e}"
+    y2 = spmm_kernel(x, sw)
+    assert torch.equal(y.view(torch.int16), y2.view(torch.int16)), "two runs differ bitwise"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_sparsity_sweep(fmt, dtype, sparsity):
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)  # fresh data every run
+    m, k = 333, 517  # odd: not tile multiples
+    w = pruned(m, k, sparsity, dtype, gen)
+    sw = flashllm.compress(w, fmt)
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    for n in NS:
+        x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+        check(x, w, sw, tol)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m,k", [(1, 1), (7, 9), (64, 64), (130, 4096), (4096, 200), (2048, 2048)])
+def test_shapes(fmt, m, k):
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    w = pruned(m, k, 0.6, torch.float16, gen)
+    sw = flashllm.compress(w, fmt)
+    for n in (1, 8, 40, 64, 200):
+        check(torch.randn(n, k, generator=gen, device="cuda").half(), w, sw, 2e-3)
+
+
+def patterns(m, k):
+    g = torch.Generator("cuda").manual_seed(1)
+    base = torch.randn(m, k, generator=g, device="cuda").half()
+    out = {}
+    z = torch.zeros(m, k, device="cuda", dtype=torch.half)
+    e = base.clone(); e[:64, :] = 0; e[:, 128:192] = 0; out["empty_tiles"] = e * (torch.rand(m, k, device="cuda") < 0.3)
+    d = base * (torch.rand(m, k, device="cuda") < 0.1); d[64:128, 64:128] = base[64:128, 64:128]; out["dense_tile"] = d
+    r = z.clone(); r[77] = base[77]; out["dense_row"] = r
+    c = z.clone(); c[:, 33] = base[:, 33]; out["dense_col"] = c
+    o = z.clone(); o[128:192, 0:64] = base[128:192, 0:64]; out["one_tile"] = o
+    ii, jj = torch.meshgrid(torch.arange(m, device="cuda"), torch.arange(k, device="cuda"), indexing="ij")
+    out["checkerboard"] = base * ((ii + jj) % 2 == 0)
+    out["full"] = base
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_adversarial_patterns(fmt):
+    for name, w in patterns(257, 300).items():
+        sw = flashllm.compress(w, fmt)
+        for n in (1, 16, 64):
+            x = torch.randn(n, 300, device="cuda").half()
+            check(x, w, sw, 2e-3)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_output_written(fmt):
+    w = pruned(1000, 512, 0.7, torch.float16, torch.Generator("cuda").manual_seed(3))
+    sw = flashllm.compress(w, fmt)
+    x = torch.randn(24, 512, device="cuda").half()
+    from flashllm.kernels import dispatch
+    for split in (1, 3):
+        y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
+        cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split)
+        dispatch._launch(x, sw, cfg, y)
+        assert not torch.isnan(y).any(), f"unwritten outputs with split={split}"
+        assert rel_err(y, x.float() @ w.float().T) < 2e-3
+
+
+def test_noncontiguous_and_batched():
+    w = pruned(300, 200, 0.5, torch.float16, torch.Generator("cuda").manual_seed(4))
+    sw = flashllm.compress(w, "bitmap")
+    x = torch.randn(3, 5, 400, device="cuda").half()[..., ::2]
+    y = flashllm.spmm(x, sw)
+    assert y.shape == (3, 5, 300)
+    assert rel_err(y, x.float() @ w.float().T) < 2e-3
+
+
+def test_nan_propagates():
+    w = pruned(128, 128, 0.5, torch.float16, torch.Generator("cuda").manual_seed(5))
+    w[3, 7] = float("nan")
+    sw = flashllm.compress(w, "bitmap")
+    y = flashllm.spmm(torch.randn(4, 128, device="cuda").half(), sw)
+    assert torch.isnan(y[:, 3]).all() and not torch.isnan(y[:, :3]).any()
+
+
+def test_large_n_uses_dense_path_correctly():
+    w = pruned(512, 256, 0.7, torch.float16, torch.Generator("cuda").manual_seed(6))
+    sw = flashllm.compress(w, "bitmap")
+    x = torch.randn(2048, 256, device="cuda").half()
+    assert rel_err(flashllm.spmm(x, sw), x.float() @ w.float().T) < 2e-3
+
+
+def test_cuda_graph_and_compile():
+    w = pruned(512, 256, 0.7, torch.float16, torch.Generator("cuda").manual_seed(7))
+    sw = flashllm.compress(w, "bitmap")
+    x = torch.randn(8, 256, device="cuda").half()
+    ref = flashllm.spmm(x, sw)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        flashllm.spmm(x, sw)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = flashllm.spmm(x, sw)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref)
+    f = torch.compile(lambda a: flashllm.spmm(a, sw) * 2, fullgraph=True)
+    assert torch.equal(f(x), ref * 2)
