@@ -73,15 +73,15 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     if stages is None:
         budget = SMEM_PER_SM // 4 - dense
         stages = max([s for s in STAGE_CHOICES if s * stage_bytes <= budget] or [2])
-    smem = stages * stage_bytes + dense
-    if smem > SMEM_PER_SM:
-        raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
     if split is None:
         ctas = -(-mb // spw) * n_tiles
-        per_sm = max(1, min(8, SMEM_PER_SM // smem))
+        per_sm = max(1, min(8, SMEM_PER_SM // (stages * stage_bytes + dense)))
         split = max(1, min(kb // 8, round(sms * min(per_sm, 4) / ctas)))
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)
+    smem = stages * stage_bytes + dense + spw * (kb_per_split + 1) * 8  # + the CTA's block offsets
+    if smem > SMEM_PER_SM:
+        raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
     return Config(spw, nt, stages, split, kb_per_split, stage_w, smem)
 
 
@@ -149,3 +149,15 @@ def run(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
         from .decompress import dense_matmul
         return dense_matmul(x, w)
     return spmm_kernel(x, w)
+
+
+def all_variants() -> list[str]:
+    """Every kernel instantiation the dispatcher can pick (CI compiles each one through NVRTC)."""
+    names = []
+    for fmt in ("bitmap", "tiled_csl"):
+        for bf16 in (False, True):
+            for spw in SPW_CHOICES:
+                for nt in NT_CHOICES:
+                    for stages in STAGE_CHOICES:
+                        names.append(Config(spw, nt, stages, 1, 1, 0, 0).name(fmt, bf16))
+    return names + ["splitk_reduce<false>", "splitk_reduce<true>"]

@@ -12,19 +12,35 @@
 // ---------------------------------------------------------------------------------------------
 // Stage loading (both formats: a block is a contiguous run of 16-byte units)
 
-template <int SPW, int NT, int UNIT>
-__device__ __forceinline__ void load_stage(u32 stage, const Params& p, int mt, int n0, int kb) {
+// Block offsets of the CTA's K range sit in shared memory (loaded once at the start), so issuing a
+// stage never waits on a global load.  Copies are straight-line, predicated 16-byte cp.async: a
+// block is at most MAX_CHUNKS 16-byte units.
+template <int SPW, int NT, bool CSL>
+__device__ __forceinline__ void load_stage(u32 stage, const Params& p, const i64* ptrs, int nk, int mt, int n0,
+                                           int it, int kb) {
+  constexpr int MAX_CHUNKS = CSL ? BLOCK * BLOCK * 4 / 16 : (528 + BLOCK * BLOCK * 2) / 16;
 #pragma unroll
   for (int j = 0; j < SPW; j++) {
-    int mb = mt * SPW + j;
-    if (mb >= p.MB) break;
-    i64 b = (i64)mb * p.KB + kb;
-    i64 begin = p.block_ptr[b] * UNIT, bytes = p.block_ptr[b + 1] * UNIT - begin;
-    const u8* src = p.weight + begin;
-    u32 dst = stage + j * p.stage_w_bytes;
-    for (int c = threadIdx.x; c < (int)(bytes >> 4); c += THREADS) cp_async16(dst + (c << 4), src + (c << 4), 16);
+    if (mt * SPW + j >= p.MB) break;
+    i64 begin = ptrs[j * (nk + 1) + it];
+    int chunks = (int)(ptrs[j * (nk + 1) + it + 1] - begin) >> 4;
+    const u8* src = p.weight + begin + (threadIdx.x << 4);
+    u32 dst = stage + j * p.stage_w_bytes + (threadIdx.x << 4);
+#pragma unroll
+    for (int i = 0; i < (MAX_CHUNKS + THREADS - 1) / THREADS; i++)
+      if ((int)threadIdx.x + i * THREADS < chunks) cp_async16(dst + i * THREADS * 16, src + i * THREADS * 16, 16);
   }
   load_x_tile<NT>(stage + SPW * p.stage_w_bytes, p, n0, kb);
+}
+
+// Byte offsets (relative to p.weight) of blocks kb0 .. kb0+nk of each of the CTA's SPW row blocks.
+template <int SPW, bool CSL>
+__device__ __forceinline__ void load_block_ptrs(i64* ptrs, const Params& p, int mt, int kb0, int nk) {
+  for (int i = threadIdx.x; i < SPW * (nk + 1); i += THREADS) {
+    int j = i / (nk + 1), kk = i % (nk + 1);
+    int mb = min(mt * SPW + j, p.MB - 1);
+    ptrs[i] = p.block_ptr[(i64)mb * p.KB + kb0 + kk] * (CSL ? 4 : 1);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -96,13 +112,12 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int m
 // The encoder dealt the words so that the 32 lanes of one 16-bit store usually hit 32 banks.
 
 template <int SPW>
-__device__ __forceinline__ void scatter_csl(u32 stage, u32 dense, const Params& p, int mt, int kb) {
+__device__ __forceinline__ void scatter_csl(u32 stage, u32 dense, const Params& p, const i64* ptrs, int nk, int mt,
+                                            int it) {
 #pragma unroll
   for (int j = 0; j < SPW; j++) {
-    int mb = mt * SPW + j;
-    if (mb >= p.MB) break;
-    i64 b = (i64)mb * p.KB + kb;
-    int vectors = (int)((p.block_ptr[b + 1] - p.block_ptr[b]) >> 2);
+    if (mt * SPW + j >= p.MB) break;
+    int vectors = (int)(ptrs[j * (nk + 1) + it + 1] - ptrs[j * (nk + 1) + it]) >> 4;
     u32 words = stage + j * p.stage_w_bytes, tile = dense + j * BLOCK * BLOCK * 2;
     for (int v = threadIdx.x; v < vectors; v += THREADS) {
       u32 w[4];
@@ -158,6 +173,9 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const u32 stage_bytes = SPW * p.stage_w_bytes + NT * 8 * X_ROW_BYTES;
   const u32 ring = smem_addr(smem);
   const u32 dense = ring + STAGES * stage_bytes;  // CSL only: SPW dense 64x64 tiles
+  i64* ptrs = (i64*)(smem + STAGES * stage_bytes + (CSL ? SPW * BLOCK * BLOCK * 2 : 0));
+  load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
+  __syncthreads();
 
   float acc[SPW][NT][4];
 #pragma unroll
@@ -180,18 +198,18 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; s++) {
-    if (s < nk) load_stage<SPW, NT, CSL ? 4 : 1>(ring + s * stage_bytes, p, mt, n0, kb0 + s);
+    if (s < nk) load_stage<SPW, NT, CSL>(ring + s * stage_bytes, p, ptrs, nk, mt, n0, s, kb0 + s);
     cp_async_commit();
   }
   for (int it = 0; it < nk; it++) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage `it` landed for every thread; stage `it-1` is free again
     int next = it + STAGES - 1;
-    if (next < nk) load_stage<SPW, NT, CSL ? 4 : 1>(ring + (next % STAGES) * stage_bytes, p, mt, n0, kb0 + next);
+    if (next < nk) load_stage<SPW, NT, CSL>(ring + (next % STAGES) * stage_bytes, p, ptrs, nk, mt, n0, next, kb0 + next);
     cp_async_commit();
     u32 stage = ring + (it % STAGES) * stage_bytes;
     if (CSL) {
-      scatter_csl<SPW>(stage, dense, p, mt, kb0 + it);
+      scatter_csl<SPW>(stage, dense, p, ptrs, nk, mt, it);
       __syncthreads();
       compute_dense<SPW, NT, BF16>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
       __syncwarp();

@@ -1,0 +1,36 @@
+"""Every kernel variant compiles through the same NVRTC path the GPU uses (no GPU needed)."""
+
+import pytest
+
+from flashllm.kernels import dispatch, jit
+
+
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
+def test_every_variant_compiles(arch, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHLLM_CACHE_DIR", str(tmp_path))
+    names = dispatch.all_variants()
+    for name in names:
+        cubin, lowered = jit.compile_kernel(name, arch)
+        assert cubin[:4] == b"\x7fELF", name
+        assert lowered.startswith("_Z"), name
+    # second call hits the disk cache and returns the identical binary
+    assert jit.compile_kernel(names[0], arch)[0] == jit.compile_kernel(names[0], arch)[0]
+    assert len(list((tmp_path / arch).glob("*.cubin"))) == len(names)
+
+
+def test_compile_error_shows_the_log(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLASHLLM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(jit.KernelCompileError, match="spmm_bitmap<0,1,2,false>|error"):
+        jit.compile_kernel("spmm_bitmap<0,1,2,false>", "sm_90a")
+
+
+def test_config_heuristic_is_valid():
+    for fmt in ("bitmap", "tiled_csl"):
+        for (m, k) in [(1, 1), (7168, 7168), (12288, 49152), (49152, 12288), (100, 30000)]:
+            for n in (1, 8, 17, 64, 256):
+                cfg = dispatch.choose_config(fmt, m, k, n, 8720 if fmt == "bitmap" else 16384, 132)
+                kb = -(-k // 64)
+                assert cfg.split * cfg.kb_per_split >= kb > (cfg.split - 1) * cfg.kb_per_split
+                assert cfg.smem <= dispatch.SMEM_PER_SM
+                assert 8 * cfg.nt >= min(n, 64)
+                assert cfg.name(fmt, False) in dispatch.all_variants()
