@@ -53,30 +53,29 @@ def _device_props(index: int) -> tuple[int, tuple[int, int]]:
 
 def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int,
                   spw: int | None = None, stages: int | None = None, split: int | None = None) -> Config:
-    """Tile config from the problem size alone.
+    """Tile config from the problem size alone (rules read off a sweep on an H200, see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
-    - spw: more rows per CTA re-read the X tile less often; fewer keep enough CTAs for the SMs.
-    - stages: as deep as keeps ~4 CTAs per SM in shared memory (bytes in flight hide HBM latency).
-    - split: K slices until the grid fills ~4 CTAs per SM, each slice streaming >= 8 blocks.
+    - spw: one block per CTA up to 32 tokens; at 64 tokens two, so each X fragment feeds twice the MMAs.
+    - stages: as deep as fits while 8 CTAs share an SM (bytes in flight hide HBM latency).
+    - split: K slices, up to 8, each streaming >= 12 blocks: many small CTAs keep every SM's
+      schedulers busy, which matters more than the fp32 partials they write.
     """
     mb, kb = -(-m // BLOCK), -(-k // BLOCK)
     nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     if spw is None:
-        spw = 4 if nt == 1 else 2 if nt <= 4 else 1
+        spw = 1 if nt <= 4 else 2
         while spw > 1 and -(-mb // spw) * n_tiles < sms:
             spw //= 2
     stage_bytes = spw * stage_w + nt * 8 * 128
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else 0
     if stages is None:
-        budget = SMEM_PER_SM // 4 - dense
-        stages = max([s for s in STAGE_CHOICES if s * stage_bytes <= budget] or [2])
+        budget = SMEM_PER_SM // 8 - dense
+        stages = max([s for s in STAGE_CHOICES if s <= 4 and s * stage_bytes <= budget] or [2])
     if split is None:
-        ctas = -(-mb // spw) * n_tiles
-        per_sm = max(1, min(8, SMEM_PER_SM // (stages * stage_bytes + dense)))
-        split = max(1, min(kb // 8, round(sms * min(per_sm, 4) / ctas)))
+        split = max(1, min(8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)
     smem = stages * stage_bytes + dense + spw * (kb_per_split + 1) * 8  # + the CTA's block offsets

@@ -32,10 +32,11 @@ from . import compressed_tensors as ct
 CONFIG_NAME, INDEX_NAME, SINGLE_NAME = "config.json", "model.safetensors.index.json", "model.safetensors"
 SPARSITY_KEY, PRODUCER = "sparsity_config", "flashllm"
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja",
-                "generation_config.json")
+                "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")
 DEFAULT_THRESHOLD = 0.3
 _SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.safetensors")
+_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                  "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Checked in order; an `architectures` entry must name a class that one of these maps to.
 _AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM",
@@ -60,8 +61,16 @@ def save_pretrained(model: nn.Module, save_directory, max_shard_size: int | str 
         raise TypeError("save_pretrained needs a transformers model (one with a .config)")
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors, aliases = _unique_tensors(model.state_dict())
-    layers = {name: _layer_record(m) for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+    layers, shared = {}, {}  # shared: a SparseLinear registered under a second name -> its first name
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, SparseLinear):
+            first = next((n for n in layers if model.get_submodule(n) is m), None)
+            if first is None:
+                layers[name] = _layer_record(m)
+            else:
+                shared[name] = first
+    state = {k: v for k, v in model.state_dict().items() if not any(k.startswith(d + ".") for d in shared)}
+    tensors, aliases = _unique_tensors(state)
     shards = _plan_shards(tensors, layers, _parse_size(max_shard_size))
     for old in list(out.glob("model*.safetensors")) + [out / INDEX_NAME]:
         old.unlink(missing_ok=True)  # shards of an earlier save would mix with ours
@@ -78,12 +87,13 @@ def save_pretrained(model: nn.Module, save_directory, max_shard_size: int | str 
         _write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
     config_dict = json.loads(config.to_json_string(use_diff=False))
-    config_dict.setdefault("architectures", [type(model).__name__])
+    if not config_dict.get("architectures"):  # a model built from a config has none: record what to rebuild
+        config_dict["architectures"] = [type(model).__name__]
     for key in ("quantization_config", "compression_config"):
         # A compressed-tensors entry that only described sparsity is now stale: our format replaced it.
         if ct.sparsity_config_of({key: config_dict.get(key)}) and not config_dict[key].get("config_groups"):
             config_dict.pop(key)
-    config_dict[SPARSITY_KEY] = _sparsity_entry(layers, aliases)
+    config_dict[SPARSITY_KEY] = _sparsity_entry(layers, aliases, shared)
     _write_json(out / CONFIG_NAME, config_dict)
     _save_side_files(model, out, tokenizer)
     return out
@@ -110,19 +120,15 @@ def _layer_record(layer: SparseLinear) -> dict:
             "sparsity": round(w.sparsity, 6), "nbytes": w.nbytes}
 
 
-def _sparsity_entry(layers: dict, aliases: dict) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        flashllm_version = version("flashllm")
-    except PackageNotFoundError:
-        flashllm_version = "unknown"
+def _sparsity_entry(layers: dict, aliases: dict, shared: dict) -> dict:
+    import flashllm  # at call time: flashllm/__init__.py may import this module
     formats = {r["format"] for r in layers.values()}
     elements = sum(math.prod(r["shape"]) for r in layers.values())
     zeros = sum(r["sparsity"] * math.prod(r["shape"]) for r in layers.values())
-    return {"producer": PRODUCER, "flashllm_version": flashllm_version,
+    return {"producer": PRODUCER, "flashllm_version": flashllm.__version__,
             "format": formats.pop() if len(formats) == 1 else ("mixed" if formats else "dense"),
             "sparsity": round(zeros / elements, 6) if elements else 0.0,
-            "layers": layers, "aliases": aliases}
+            "layers": layers, "aliases": aliases, "shared_layers": shared}
 
 
 def _parse_size(size: int | str) -> int:
@@ -164,7 +170,7 @@ def _prefixes(name: str):
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(data, indent=2) + "\n")  # unsorted: layers stay in model order
 
 
 def _save_side_files(model, out: Path, tokenizer) -> None:
@@ -175,14 +181,13 @@ def _save_side_files(model, out: Path, tokenizer) -> None:
         for name in COPIED_FILES:
             if (source / name).is_file() and not (out / name).exists():
                 shutil.copyfile(source / name, out / name)
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None and not (out / "generation_config.json").exists():
-        generation_config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
 
 
 # --------------------------------------------------------------------------------------------- reading
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -211,7 +216,7 @@ class Shards:
         self.root, self._handles, self.location = root, {}, {}
         index = root / INDEX_NAME
         if index.is_file():
-            weight_map = _json(index).get("weight_map")
+            weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object")
             for name, file in weight_map.items():
@@ -242,6 +247,11 @@ class Shards:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._open(self.location[name]).get_slice(name).get_shape())
+
+    def nbytes(self, name: str) -> int:
+        """Stored size, from the header alone."""
+        dtype = self._open(self.location[name]).get_slice(name).get_dtype()
+        return math.prod(self.shape(name)) * _ELEMENT_BYTES.get(dtype, 0)
 
     def get(self, name: str) -> torch.Tensor:
         path = self.location[name]
@@ -325,8 +335,11 @@ def load_config(root: Path):
 def build_skeleton(config, dtype: torch.dtype | None) -> nn.Module:
     from transformers.initialization import no_init_weights
     cls = model_class_for(config)
-    with _parameters_on_meta(), no_init_weights():
-        model = cls._from_config(config, **({"dtype": dtype} if dtype else {}))
+    try:
+        with _parameters_on_meta(), no_init_weights():
+            model = cls._from_config(config, **({"dtype": dtype} if dtype else {}))
+    except Exception as e:  # a hostile config (absurd sizes, wrong types) fails inside the model's __init__
+        raise CheckpointError(f"{config.name_or_path}/{CONFIG_NAME}: cannot build {cls.__name__}: {e}") from e
     return model.eval()
 
 
@@ -347,7 +360,7 @@ def from_pretrained(path, device=None, dtype=None, format: str = "auto",
     root = Path(path)
     if not (root / CONFIG_NAME).is_file():
         raise CheckpointError(f"{root}: not a checkpoint directory (no {CONFIG_NAME})")
-    config_dict = _json(root / CONFIG_NAME)
+    config_dict = read_json(root / CONFIG_NAME)
     try:
         kind = checkpoint_kind(config_dict)
     except ValueError as e:
@@ -399,6 +412,13 @@ def _load_generation_config(model, root: Path) -> None:
             warnings.warn(f"{root / 'generation_config.json'}: ignored: {e}")
 
 
+def _mapping(entry: dict, key: str, config_path: Path) -> dict:
+    value = entry.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise CheckpointError(f"{config_path}: {SPARSITY_KEY}.{key} must map names to names")
+    return value
+
+
 def _value_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     """16-bit dtype for compressed values: the requested or stored one; fp32 narrows to fp16 unless it overflows."""
     for d in (dtype, weight.dtype):
@@ -438,10 +458,12 @@ class _Loader:
             raise self.shards.error(source, f"shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
         if tensor.dtype.is_floating_point != target.dtype.is_floating_point:
             raise self.shards.error(source, f"dtype {tensor.dtype}, the model expects {target.dtype}")
-        if tensor.dtype.is_floating_point and self.dtype is not None:
-            tensor = tensor.to(self.dtype)
         module_name, _, leaf = name.rpartition(".")
         module = self.model.get_submodule(module_name)
+        if name in self.loaded or leaf not in module._parameters and leaf not in module._buffers:
+            raise self.shards.error(source, "stored twice, or also as part of a compressed layer")
+        if tensor.dtype.is_floating_point and self.dtype is not None:
+            tensor = tensor.to(self.dtype)
         tensor = tensor.to(self.device)
         if leaf in module._parameters:
             module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
@@ -494,7 +516,9 @@ class _Loader:
             if target is None:
                 raise self.shards.error(name, "not part of the model (a flashllm checkpoint must match exactly)")
             self.place(target, self.shards.get(name), name)
-        for alias, original in (entry.get("aliases") or {}).items():
+        for alias, original in _mapping(entry, "shared_layers", config_path).items():
+            self._share(alias, original, config_path)
+        for alias, original in _mapping(entry, "aliases", config_path).items():
             self._tie(alias, original, config_path)
 
     def _check_layer_record(self, module_name, record, config_path: Path) -> None:
@@ -505,22 +529,27 @@ class _Loader:
         except AttributeError:
             raise CheckpointError(f"{config_path}: layer {module_name!r} does not exist in the model") from None
         if not is_linear_like(module):
-            raise CheckpointError(f"{config_path}: layer {module_name!r} is a {type(module).__name__}, not a linear layer")
+            raise CheckpointError(f"{config_path}: layer {module_name!r} is a {type(module).__name__}, "
+                                  "not a linear layer")
+
+    def _share(self, alias: str, original: str, config_path: Path) -> None:
+        """Register the SparseLinear loaded at `original` under `alias` too, as it was when saved."""
+        layer = self._module(original, config_path)
+        if not isinstance(layer, SparseLinear) or alias in self.loaded:
+            raise CheckpointError(f"{config_path}: shared layer {alias!r} -> {original!r} does not name "
+                                  "a loaded sparse layer")
+        self._module(alias, config_path)
+        parent, _, child = alias.rpartition(".")
+        setattr(self.model.get_submodule(parent), child, layer)
+        self.loaded.update(n for n in self.expected if n.startswith(alias + "."))
 
     def _tie(self, alias: str, original: str, config_path: Path) -> None:
-        """Re-share what save_pretrained stored once: a tied tensor, or a SparseLinear used at two paths."""
-        if alias in self.loaded:
-            return
-        alias_layer, original_layer = alias.rpartition(".weight.")[0], original.rpartition(".weight.")[0]
-        if alias_layer and original_layer and isinstance(self._module(original_layer, config_path), SparseLinear):
-            parent, _, child = alias_layer.rpartition(".")
-            setattr(self._module(parent, config_path), child, self._module(original_layer, config_path))
-            self.loaded.update({alias, alias_layer + ".weight"})
-            return
-        if alias not in self.expected or original not in self.loaded:
-            raise CheckpointError(f"{config_path}: alias {alias!r} -> {original!r} does not name loaded tensors")
+        """Re-tie a tensor that save_pretrained stored once (e.g. lm_head sharing the embeddings)."""
         source_module, _, source_leaf = original.rpartition(".")
-        value = getattr(self.model.get_submodule(source_module), source_leaf)
+        value = getattr(self.model.get_submodule(source_module), source_leaf, None) if original in self.loaded else None
+        if alias not in self.expected or alias in self.loaded or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{config_path}: alias {alias!r} -> {original!r} does not name a missing tensor "
+                                  "and a loaded one")
         module_name, _, leaf = alias.rpartition(".")
         module = self.model.get_submodule(module_name)
         (module._parameters if leaf in module._parameters else module._buffers)[leaf] = value
@@ -561,18 +590,17 @@ class _Loader:
             return
         tensor = read()
         expected = _linear_shape(module)[::-1] if is_conv1d(module) else _linear_shape(module)
-        if tuple(tensor.shape) != expected:
-            raise self.shards.error(source, f"shape {tuple(tensor.shape)}, the model expects {expected}")
+        if tuple(tensor.shape) != expected or not tensor.dtype.is_floating_point:
+            raise self.shards.error(source, f"{tensor.dtype} {tuple(tensor.shape)}, the model expects a "
+                                            f"floating-point weight of shape {expected}")
+        # Counted and compressed on the target device: this one dense layer is the only one there at once.
+        tensor = tensor.to(self.device)
         weight = tensor.t() if is_conv1d(module) else tensor
-        if not weight.dtype.is_floating_point:
-            raise self.shards.error(source, f"dtype {weight.dtype} is not a floating-point weight")
-        zeros = int((weight == 0).sum()) / weight.numel()
-        if zeros < threshold:
+        if int((weight == 0).sum()) < threshold * weight.numel():
             self.place(target, tensor, source)
             return
-        # Compress on the target device: only this one dense layer is ever there at once.
         value_dtype = _value_dtype(weight, self.dtype)
-        self.install(module_name, compress(weight.to(self.device).contiguous(), self.format, value_dtype), source)
+        self.install(module_name, compress(weight.contiguous(), self.format, value_dtype), source)
 
     def finish(self) -> None:
         missing = [n for n, t in self.expected.items() if n not in self.loaded and t.device.type == "meta"]
@@ -581,7 +609,8 @@ class _Loader:
             state = self.model.state_dict(keep_vars=True)
             missing = [n for n in missing if n in state and state[n].device.type == "meta"]
         if missing:
-            raise CheckpointError(f"{self.shards.root}: checkpoint lacks {len(missing)} model tensors, e.g. {missing[:5]}")
+            raise CheckpointError(f"{self.shards.root}: checkpoint lacks {len(missing)} model tensors, "
+                                  f"e.g. {missing[:5]}")
         for module in self.model.modules():
             for name, buf in module._buffers.items():
                 if buf is not None and buf.device != self.device:
@@ -590,25 +619,17 @@ class _Loader:
 
 # ---------------------------------------------------------------------------------------------- info
 
-_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                  "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
 def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> dict:
     """What a checkpoint directory holds, read from headers where possible (dense weights are scanned
     one at a time to count zeros). Returns {"kind", "layers": [{name, shape, format, sparsity, nbytes,
     dense_nbytes}], "file_bytes", "sparsity", ...}; each layer is a linear weight."""
     root = Path(path)
-    config = _json(root / CONFIG_NAME) if (root / CONFIG_NAME).is_file() else {}
+    config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).is_file() else {}
     try:
         kind = checkpoint_kind(config)
     except ValueError as e:
         raise CheckpointError(f"{root / CONFIG_NAME}: {e}") from e
     shards = Shards(root)
-
-    def header_bytes(name):
-        dtype = shards._open(shards.location[name]).get_slice(name).get_dtype()
-        return math.prod(shards.shape(name)) * _ELEMENT_BYTES.get(dtype, 0)
 
     layers = []
     if kind == PRODUCER:
@@ -617,26 +638,33 @@ def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> dict
             shape = [int(d) for d in record.get("shape", [0, 0])]
             layers.append({"name": name, "shape": shape, "format": str(record.get("format")),
                            "sparsity": float(record.get("sparsity", 0.0)),
-                           "nbytes": sum(header_bytes(n) for n in parts), "dense_nbytes": 2 * math.prod(shape)})
-    elif kind == ct.BITMASK:
-        for prefix, group in ct.group_keys(shards.names())[0].items():
-            shape = list(ct._dense_shape(shards.get(group["shape"]), prefix))
-            if len(shape) != 2:
-                continue  # norms and biases compressed by old releases are not layers
-            nnz = math.prod(shards.shape(group["compressed"]))
-            value_bytes = header_bytes(group["compressed"]) // max(nnz, 1)
-            layers.append({"name": prefix.removesuffix(".weight"), "shape": shape, "format": ct.BITMASK,
-                           "sparsity": 1 - nnz / math.prod(shape), "nbytes": sum(header_bytes(n) for n in group.values()),
-                           "dense_nbytes": value_bytes * math.prod(shape)})
-    else:
-        skeleton = build_skeleton(load_config(root), None)
-        linear = {n for n, m in skeleton.named_modules() if is_linear_like(m)}
-        for name in shards.names():
-            if name.endswith(".weight") and name[: -len(".weight")] in linear and len(shards.shape(name)) == 2:
-                weight = shards.get(name)
-                layers.append({"name": name[: -len(".weight")], "shape": list(weight.shape), "format": "dense",
-                               "sparsity": int((weight == 0).sum()) / weight.numel(),
-                               "nbytes": _nbytes(weight), "dense_nbytes": _nbytes(weight)})
+                           "nbytes": sum(shards.nbytes(n) for n in parts), "dense_nbytes": 2 * math.prod(shape)})
+        return _summary(root, kind, config, layers, shards, sparsity_threshold)
+
+    skeleton = build_skeleton(load_config(root), None)
+    linear = {n for n, m in skeleton.named_modules() if is_linear_like(m)}
+    groups, plain = ct.group_keys(shards.names()) if kind == ct.BITMASK else ({}, shards.names())
+    for prefix, group in groups.items():
+        name = prefix.removesuffix(".weight")
+        if name not in linear:
+            continue  # embeddings, norms and biases that releases before 0.9 compressed too
+        shape = list(ct.dense_shape(shards.get(group["shape"]), prefix))
+        nnz = math.prod(shards.shape(group["compressed"]))
+        value_bytes = shards.nbytes(group["compressed"]) // max(nnz, 1)
+        layers.append({"name": name, "shape": shape, "format": ct.BITMASK,
+                       "sparsity": 1 - nnz / max(math.prod(shape), 1),
+                       "nbytes": sum(shards.nbytes(n) for n in group.values()),
+                       "dense_nbytes": value_bytes * math.prod(shape)})
+    for name in plain:
+        if name.endswith(".weight") and name.removesuffix(".weight") in linear and len(shards.shape(name)) == 2:
+            weight = shards.get(name)  # one dense weight in memory at a time
+            layers.append({"name": name.removesuffix(".weight"), "shape": list(weight.shape), "format": "dense",
+                           "sparsity": int((weight == 0).sum()) / max(weight.numel(), 1),
+                           "nbytes": _nbytes(weight), "dense_nbytes": _nbytes(weight)})
+    return _summary(root, kind, config, layers, shards, sparsity_threshold)
+
+
+def _summary(root, kind, config, layers, shards, sparsity_threshold) -> dict:
     elements = sum(math.prod(layer["shape"]) for layer in layers)
     zeros = sum(layer["sparsity"] * math.prod(layer["shape"]) for layer in layers)
     return {"path": str(root), "kind": kind, "model_type": config.get("model_type"),

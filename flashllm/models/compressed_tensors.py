@@ -74,7 +74,7 @@ def parameter_name(prefix: str, parameter_names) -> str:
     return prefix if prefix in parameter_names else prefix + ".weight"
 
 
-def _dense_shape(shape: torch.Tensor, name: str) -> tuple[int, ...]:
+def dense_shape(shape: torch.Tensor, name: str) -> tuple[int, ...]:
     if shape.dtype not in (torch.int64, torch.int32) or shape.dim() != 1 or shape.numel() not in (1, 2):
         raise ValueError(f"{name}.shape must be an int64 vector of length 1 or 2, "
                          f"got {shape.dtype} {tuple(shape.shape)}")
@@ -96,7 +96,7 @@ def decode(tensors: dict[str, torch.Tensor], name: str = "tensor") -> torch.Tens
     Raises ValueError naming `name` and the broken invariant. Memory: one bool mask and the dense
     result, both the size of this tensor.
     """
-    dims = _dense_shape(tensors["shape"], name)
+    dims = dense_shape(tensors["shape"], name)
     rows, cols = (1, dims[0]) if len(dims) == 1 else dims
     row_bytes = (cols + 7) // 8
     bitmask, offsets, values = tensors["bitmask"], tensors["row_offsets"], tensors["compressed"]
