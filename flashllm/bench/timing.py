@@ -40,10 +40,18 @@ def time_graph(fns: list, launches: int = 60, replays: int = 7) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy, bytes read + written per second (the anchors' ceiling)."""
+def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy, bytes read + written per second (the anchors' ceiling), eager median."""
     a = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda")
     b = torch.empty_like(a)
     a.normal_()
-    us = time_graph([lambda: b.copy_(a)], launches=10, replays=5)
-    return 2 * a.numel() * 2 / (us * 1e-6)
+    b.copy_(a)
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        b.copy_(a)
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1e-3)
+    return 2 * nbytes / statistics.median(times)

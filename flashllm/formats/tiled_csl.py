@@ -128,6 +128,10 @@ def validate(w: SparseWeight) -> None:
     outside = padding_mask(w.shape, words.device)[tile, _unswizzle(loc)]
     if bool((outside & nonzero).any()):
         fail("tiled_csl non-zero outside the [M, K] matrix (in tile padding)")
+    per_tile = torch.zeros(n_tiles, dtype=torch.int64, device=words.device).index_add_(
+        0, tile, nonzero.to(torch.int64))
+    if not torch.equal(ptr[1:] - ptr[:-1], block_words(per_tile)):
+        fail("tiled_csl tile holds more or fewer words than its non-zeros padded to 4")
     if int(nonzero.sum()) != w.nnz:
         fail(f"tiled_csl nnz {w.nnz} disagrees with the non-zero words ({int(nonzero.sum())})")
     if int((ptr[1:] - ptr[:-1]).max()) * 4 != w.max_block_bytes:
