@@ -71,7 +71,52 @@ def bench_peers(w_dense, x_by_n, n_peer):
     return out
 
 
-def run(shapes, ns, sparsities, formats, dtype, peers_at, out_dir):
+def bench_large_n(shape=(12288, 12288), sparsity=0.7, ns=(64, 128, 256, 512, 1024, 2048, 4096), dtype=torch.float16):
+    """Prefill sizes: dense cuBLAS vs our kernel vs decompress + cuBLAS vs what dispatch picks."""
+    from flashllm.kernels.decompress import dense_matmul
+    m, k = shape
+    w = torch.randn(m, k, device="cuda").to(dtype)
+    w = w * (torch.rand(m, k, device="cuda") >= sparsity)
+    out = []
+    for fmt in ("bitmap", "tiled_csl"):
+        sw = flashllm.compress(w, fmt)
+        copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
+        for n in ns:
+            x = torch.randn(n, k, device="cuda").to(dtype)
+            row = dict(M=m, K=k, N=n, sparsity=sparsity, format=fmt,
+                       dense_us=time_graph([lambda: F.linear(x, w)], launches=10, replays=5),
+                       kernel_us=time_graph([lambda c=c: dispatch.spmm_kernel(x, c) for c in copies], launches=10, replays=5),
+                       decompress_us=time_graph([lambda c=c: dense_matmul(x, c) for c in copies], launches=10, replays=5),
+                       dispatch_us=time_graph([lambda c=c: flashllm.spmm(x, c) for c in copies], launches=10, replays=5))
+            row["dispatch_vs_dense"] = row["dense_us"] / row["dispatch_us"]
+            out.append(row)
+            print(f"large-N {m}x{k} {fmt:9s} N={n:5d} dense {row['dense_us']:8.1f}  kernel {row['kernel_us']:8.1f}  "
+                  f"decompress+cuBLAS {row['decompress_us']:8.1f}  dispatch {row['dispatch_us']:8.1f} "
+                  f"(x{row['dispatch_vs_dense']:.2f} of dense)", flush=True)
+    return out
+
+
+def launch_overhead(dtype=torch.float16):
+    """Host cost of one eager flashllm.spmm call (Python checks + custom op + driver launch)."""
+    w = torch.randn(1024, 1024, device="cuda").to(dtype)
+    sw = flashllm.compress(w * (torch.rand_like(w) > 0.7), "bitmap")
+    x = torch.randn(8, 1024, device="cuda").to(dtype)
+    res = {}
+    for name, fn in (("flashllm.spmm", lambda: flashllm.spmm(x, sw)), ("F.linear", lambda: F.linear(x, w))):
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            fn()
+        host = (time.perf_counter() - t0) / 2000 * 1e6
+        torch.cuda.synchronize()
+        res[name] = dict(host_us_per_call=host, gpu_us=time_graph([fn], launches=50, replays=5))
+        print(f"launch overhead: {name:14s} {host:6.1f} us host per eager call, {res[name]['gpu_us']:5.1f} us GPU", flush=True)
+    return res
+
+
+def run(shapes, ns, sparsities, formats, dtype, peers_at, out_dir, large_n=False):
     dev = torch.cuda.get_device_name()
     copy_bw = copy_bandwidth()
     print(f"# {dev}: device-to-device copy {copy_bw / 1e9:.0f} GB/s (read + write)", flush=True)
@@ -114,6 +159,9 @@ def run(shapes, ns, sparsities, formats, dtype, peers_at, out_dir):
         torch.cuda.empty_cache()
     result = dict(device=dev, date=str(date.today()), torch=torch.__version__, host=platform.node(),
                   copy_bw_GBs=copy_bw / 1e9, dtype=str(dtype), rows=rows)
+    if large_n:
+        result["large_n"] = bench_large_n(dtype=dtype)
+        result["launch_overhead"] = launch_overhead(dtype)
     summarize(result)
     if out_dir:
         out_dir = Path(out_dir)
@@ -185,6 +233,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--peers-at", type=int, default=16, help="N at which 2:4 and cuSPARSE are timed (0: never)")
     ap.add_argument("--out", default=None, help="directory for JSON and PNG")
+    ap.add_argument("--large-n", action="store_true", help="also time prefill sizes (N up to 4096) and launch overhead")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("flashllm bench kernel needs a CUDA GPU")
@@ -195,7 +244,7 @@ def main(argv=None):
     else:
         shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     run(shapes, [int(n) for n in a.ns.split(",")], [float(s) for s in a.sparsities.split(",")],
-        a.formats.split(","), getattr(torch, a.dtype), a.peers_at, a.out)
+        a.formats.split(","), getattr(torch, a.dtype), a.peers_at, a.out, a.large_n)
 
 
 if __name__ == "__main__":

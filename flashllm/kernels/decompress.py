@@ -24,6 +24,13 @@ def row_blocks(w: SparseWeight, mb0: int, mb1: int) -> SparseWeight:
     return SparseWeight(w.format, (rows, k), w.dtype, 0, w.max_block_bytes, {data_key: data, ptr_key: ptr - ptr[0]})
 
 
+def _expand(w: SparseWeight) -> torch.Tensor:
+    if w.device.type == "cuda" and torch.cuda.get_device_capability(w.device) >= (8, 0):
+        from .dispatch import decompress_cuda
+        return decompress_cuda(w)
+    return w.to_dense()
+
+
 def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
     m, k = w.shape
     mb = -(-m // BLOCK)
@@ -31,6 +38,7 @@ def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTE
     compute = x.dtype if x.dtype == w.dtype else torch.float32
     outs = []
     for mb0 in range(0, mb, step):
-        dense = row_blocks(w, mb0, min(mb, mb0 + step)).to_dense().to(compute)
+        chunk = row_blocks(w, mb0, min(mb, mb0 + step))
+        dense = _expand(chunk).to(compute)
         outs.append(torch.nn.functional.linear(x.to(compute), dense))
     return torch.cat(outs, dim=-1).to(x.dtype)

@@ -159,4 +159,22 @@ def all_variants() -> list[str]:
                 for nt in NT_CHOICES:
                     for stages in STAGE_CHOICES:
                         names.append(Config(spw, nt, stages, 1, 1, 0, 0).name(fmt, bf16))
-    return names + ["splitk_reduce<false>", "splitk_reduce<true>"]
+    return names + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
+
+
+def decompress_cuda(w: SparseWeight) -> torch.Tensor:
+    """Expand a (chunk of a) compressed weight to a dense [M, K] tensor with one kernel launch."""
+    m, k = w.shape
+    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    out = torch.empty((m, k), dtype=w.dtype, device=w.device)
+    dev = w.device.index
+    _, cap = _device_props(dev)
+    csl = w.format == "tiled_csl"
+    data = w.tensors["words"] if csl else w.tensors["data"]
+    ptr = w.tensors["tile_ptr"] if csl else w.tensors["block_ptr"]
+    with torch.cuda.device(w.device):
+        kernel = jit.get_kernel(f"decompress<{'true' if csl else 'false'}>", dev, cap)
+        kernel.launch_args((kb, mb, 1), (THREADS, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,
+                           [data.data_ptr(), ptr.data_ptr(), out.data_ptr(), ctypes.c_int(m), ctypes.c_int(k),
+                            ctypes.c_int(kb)])
+    return out

@@ -237,3 +237,62 @@ template <bool BF16>
 __global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count) {
   reduce_partials<BF16>(partial, y, split, count);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decompression to dense (the large-N path: expand a chunk of rows, then cuBLAS).  One CTA per
+// 64x64 block: stage the block in shared memory, build the dense tile there with the same decode
+// as the SpMM kernels, write it out row by row.  rows/cols bound the chunk (M and K edges).
+
+template <bool CSL>
+__global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ weight, const i64* __restrict__ block_ptr,
+                                                      u16* __restrict__ out, int rows, int K, int KB) {
+  __shared__ __align__(16) u8 stage[BLOCK * BLOCK * 4 + 16];
+  __shared__ __align__(16) u16 tile[BLOCK * BLOCK];
+  const int mb = blockIdx.y, kb = blockIdx.x;
+  const i64 b = (i64)mb * KB + kb;
+  const i64 unit = CSL ? 4 : 1;
+  const i64 begin = block_ptr[b] * unit;
+  const int chunks = (int)((block_ptr[b + 1] * unit - begin) >> 4);
+  for (int c = threadIdx.x; c < chunks; c += THREADS)
+    ((uint4*)stage)[c] = ((const uint4*)(weight + begin))[c];
+  const u32 st = smem_addr(stage), dense = smem_addr(tile);
+  if (CSL) {
+    for (int i = threadIdx.x; i < BLOCK * BLOCK / 8; i += THREADS) ((uint4*)tile)[i] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
+    for (int v = threadIdx.x; v < chunks; v += THREADS) {
+      uint4 w = ((const uint4*)stage)[v];
+      u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(dense + ((ws[i] >> 16) << 1)), "h"((u16)(ws[i] & 0xFFFF)));
+    }
+  } else {
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = lane >> 4, hl = lane & 15, g = lane >> 2, t = lane & 3;
+    BitmapLane L;
+    L.below_incl = (2u << (2 * hl)) - 1u;
+    L.rot_lo = (7u - 2u * hl) & 31u;
+    L.rot_hi = (14u - 2u * hl) & 31u;
+    int stream = 2 * warp + h;
+    u32 start = stream > 0 ? ((const u16*)stage)[stream - 1] : 0;
+    u32 base = st + 528 + 2 * start - 2;
+#pragma unroll
+    for (int f = 0; f < 4; f++) {
+      uint4 w = *(const uint4*)(stage + 16 + (((warp * 4 + f) * 2 + h) << 4));
+      u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        u32 v = decode_reg(ws[q], L, base);
+        int row = warp * 16 + g + 8 * (q & 1), col = f * 16 + 2 * t + 8 * (q >> 1);
+        *(u32*)(tile + row * BLOCK + col) = v;
+      }
+    }
+  }
+  __syncthreads();
+  // CSL locations are swizzled: column c of row r sits at c ^ ((r % 8) * 8)
+  for (int i = threadIdx.x; i < BLOCK * BLOCK; i += THREADS) {
+    int r = i >> 6, c = i & 63;
+    int m = mb * BLOCK + r, k = kb * BLOCK + c;
+    if (m < rows && k < K) out[(i64)m * K + k] = tile[CSL ? (r << 6) + (c ^ ((r & 7) << 3)) : i];
+  }
+}
