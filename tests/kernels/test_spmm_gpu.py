@@ -142,3 +142,18 @@ def test_cuda_graph_and_compile():
     assert torch.equal(out, ref)
     f = torch.compile(lambda a: flashllm.spmm(a, sw) * 2, fullgraph=True)
     assert torch.equal(f(x), ref * 2)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decompress_kernel_is_exact(fmt, dtype):
+    from flashllm.kernels.decompress import dense_matmul
+    from flashllm.kernels.dispatch import decompress_cuda
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    for (m, k, s) in [(333, 517, 0.5), (64, 64, 0.0), (130, 70, 0.9), (1, 1, 0.0), (200, 300, 1.0)]:
+        w = pruned(m, k, s, dtype, gen)
+        sw = flashllm.compress(w, fmt)
+        assert torch.equal(decompress_cuda(sw).view(torch.int16), w.view(torch.int16))
+        x = torch.randn(300, k, generator=gen, device="cuda").to(dtype)
+        y = dense_matmul(x, sw, chunk_bytes=64 * k * 2)  # one row block per chunk
+        assert rel_err(y, x.float() @ w.float().T) < 1e-2
