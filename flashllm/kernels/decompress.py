@@ -14,7 +14,10 @@ CHUNK_BYTES = 256 << 20
 
 
 def row_blocks(w: SparseWeight, mb0: int, mb1: int) -> SparseWeight:
-    """Rows [64*mb0, 64*mb1) of W as a SparseWeight sharing storage (blocks are row-block-major)."""
+    """Rows [64*mb0, 64*mb1) of W as a SparseWeight sharing storage (blocks are row-block-major).
+
+    Reads two offsets on the host: CPU path only (on the GPU `decompress_cuda` takes mb0 directly).
+    """
     m, k = w.shape
     kb = -(-k // BLOCK)
     data_key, ptr_key = ("data", "block_ptr") if w.format == "bitmap" else ("words", "tile_ptr")
@@ -24,11 +27,11 @@ def row_blocks(w: SparseWeight, mb0: int, mb1: int) -> SparseWeight:
     return SparseWeight(w.format, (rows, k), w.dtype, 0, w.max_block_bytes, {data_key: data, ptr_key: ptr - ptr[0]})
 
 
-def _expand(w: SparseWeight) -> torch.Tensor:
+def _expand(w: SparseWeight, mb0: int, mb1: int) -> torch.Tensor:
     if w.device.type == "cuda" and torch.cuda.get_device_capability(w.device) >= (8, 0):
         from .dispatch import decompress_cuda
-        return decompress_cuda(w)
-    return w.to_dense()
+        return decompress_cuda(w, mb0, mb1)  # reads the offsets on the GPU: no host sync
+    return row_blocks(w, mb0, mb1).to_dense()
 
 
 def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
@@ -38,7 +41,6 @@ def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTE
     compute = x.dtype if x.dtype == w.dtype else torch.float32
     outs = []
     for mb0 in range(0, mb, step):
-        chunk = row_blocks(w, mb0, min(mb, mb0 + step))
-        dense = _expand(chunk).to(compute)
+        dense = _expand(w, mb0, min(mb, mb0 + step)).to(compute)
         outs.append(torch.nn.functional.linear(x.to(compute), dense))
     return torch.cat(outs, dim=-1).to(x.dtype)

@@ -162,11 +162,13 @@ def all_variants() -> list[str]:
     return names + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
 
 
-def decompress_cuda(w: SparseWeight) -> torch.Tensor:
-    """Expand a (chunk of a) compressed weight to a dense [M, K] tensor with one kernel launch."""
+def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> torch.Tensor:
+    """Rows [64*mb0, 64*mb1) of W as a dense tensor, one kernel launch, no host sync (graph-safe)."""
     m, k = w.shape
     mb, kb = -(-m // BLOCK), -(-k // BLOCK)
-    out = torch.empty((m, k), dtype=w.dtype, device=w.device)
+    mb1 = mb if mb1 is None else mb1
+    rows = min(m, mb1 * BLOCK) - mb0 * BLOCK
+    out = torch.empty((rows, k), dtype=w.dtype, device=w.device)
     dev = w.device.index
     _, cap = _device_props(dev)
     csl = w.format == "tiled_csl"
@@ -174,7 +176,7 @@ def decompress_cuda(w: SparseWeight) -> torch.Tensor:
     ptr = w.tensors["tile_ptr"] if csl else w.tensors["block_ptr"]
     with torch.cuda.device(w.device):
         kernel = jit.get_kernel(f"decompress<{'true' if csl else 'false'}>", dev, cap)
-        kernel.launch_args((kb, mb, 1), (THREADS, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,
-                           [data.data_ptr(), ptr.data_ptr(), out.data_ptr(), ctypes.c_int(m), ctypes.c_int(k),
-                            ctypes.c_int(kb)])
+        kernel.launch_args((kb, mb1 - mb0, 1), (THREADS, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,
+                           [data.data_ptr(), ptr.data_ptr(), out.data_ptr(), ctypes.c_int(mb0), ctypes.c_int(rows),
+                            ctypes.c_int(k), ctypes.c_int(kb)])
     return out

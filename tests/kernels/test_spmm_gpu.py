@@ -154,6 +154,21 @@ def test_decompress_kernel_is_exact(fmt, dtype):
         w = pruned(m, k, s, dtype, gen)
         sw = flashllm.compress(w, fmt)
         assert torch.equal(decompress_cuda(sw).view(torch.int16), w.view(torch.int16))
+        if m > 64:
+            assert torch.equal(decompress_cuda(sw, 1, 2).view(torch.int16), w[64:128].view(torch.int16))
         x = torch.randn(300, k, generator=gen, device="cuda").to(dtype)
         y = dense_matmul(x, sw, chunk_bytes=64 * k * 2)  # one row block per chunk
         assert rel_err(y, x.float() @ w.float().T) < 1e-2
+
+
+def test_large_n_path_captures_in_a_cuda_graph():
+    w = pruned(700, 300, 0.8, torch.float16, torch.Generator("cuda").manual_seed(8))
+    sw = flashllm.compress(w, "tiled_csl")
+    x = torch.randn(600, 300, device="cuda").half()
+    ref = flashllm.spmm(x, sw)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = flashllm.spmm(x, sw)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref)

@@ -245,11 +245,11 @@ __global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count
 
 template <bool CSL>
 __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ weight, const i64* __restrict__ block_ptr,
-                                                      u16* __restrict__ out, int rows, int K, int KB) {
+                                                      u16* __restrict__ out, int mb0, int rows, int K, int KB) {
   __shared__ __align__(16) u8 stage[BLOCK * BLOCK * 4 + 16];
   __shared__ __align__(16) u16 tile[BLOCK * BLOCK];
-  const int mb = blockIdx.y, kb = blockIdx.x;
-  const i64 b = (i64)mb * KB + kb;
+  const int mb = blockIdx.y, kb = blockIdx.x;  // mb counts from the chunk's first row block mb0
+  const i64 b = (i64)(mb0 + mb) * KB + kb;
   const i64 unit = CSL ? 4 : 1;
   const i64 begin = block_ptr[b] * unit;
   const int chunks = (int)((block_ptr[b + 1] * unit - begin) >> 4);
