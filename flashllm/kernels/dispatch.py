@@ -17,9 +17,9 @@ from . import jit
 
 THREADS = 128
 SMEM_PER_SM = 227 * 1024  # Hopper/Ampere-class opt-in limit per block; per-SM total is ~228 KB
-SPW_CHOICES = (1, 2, 4)
+SPW_CHOICES = (1, 2)      # what choose_config picks (sweeps may force others)
 NT_CHOICES = (1, 2, 4, 8)
-STAGE_CHOICES = (2, 3, 4, 6)
+STAGE_CHOICES = (2, 3, 4)
 MAX_KERNEL_N = 256  # above this the weight is decompressed in chunks and multiplied by cuBLAS
 
 
@@ -73,7 +73,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else 0
     if stages is None:
         budget = SMEM_PER_SM // 8 - dense
-        stages = max([s for s in STAGE_CHOICES if s <= 4 and s * stage_bytes <= budget] or [2])
+        stages = max([s for s in STAGE_CHOICES if s * stage_bytes <= budget] or [2])
     if split is None:
         split = max(1, min(8, kb // 12))
     kb_per_split = -(-kb // max(1, split))

@@ -1,0 +1,25 @@
+"""Representative kernel launches for `compute-sanitizer --tool memcheck` (run on the device)."""
+
+import torch
+
+import flashllm
+from flashllm.kernels import dispatch
+from flashllm.kernels.dispatch import decompress_cuda
+
+torch.manual_seed(0)
+cases = 0
+for fmt in ("bitmap", "tiled_csl"):
+    for dtype in (torch.float16, torch.bfloat16):
+        for (m, k, s) in [(1, 1, 0.0), (333, 517, 0.5), (130, 4100, 0.9), (64, 64, 0.0), (257, 300, 1.0), (2048, 1024, 0.7)]:
+            w = torch.randn(m, k, device="cuda").to(dtype)
+            w = w * (torch.rand(m, k, device="cuda") >= s)
+            sw = flashllm.compress(w, fmt)
+            for n in (1, 8, 17, 64, 300):
+                x = torch.randn(n, k, device="cuda").to(dtype)
+                for split in (None, 1, 3):
+                    y = dispatch.spmm_kernel(x, sw, split=split)
+                    cases += 1
+            assert torch.equal(decompress_cuda(sw).view(torch.int16), w.view(torch.int16))
+            cases += 1
+torch.cuda.synchronize()
+print(f"sanitize cases: {cases} launches done")
