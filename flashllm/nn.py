@@ -11,7 +11,7 @@ _STORED_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def is_conv1d(module: nn.Module) -> bool:
-    """GPT-2's transformers.pytorch_utils.Conv1D, recognised by shape so transformers stays optional."""
+    """GPT-2's transformers.pytorch_utils.Conv1D, recognised by name so transformers stays optional."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
@@ -78,8 +78,8 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        # nn.Module only tells us "apply fn to every tensor"; find out what fn does by applying it to
-        # an empty tensor shaped like the weight's dtype and device.
+        # nn.Module only hands us "apply fn to every tensor"; learn what fn does (move? cast?) by
+        # applying it to an empty tensor with the weight's dtype and device.
         w = self.weight
         probe = fn(torch.empty(0, dtype=w.dtype, device=w.device))
         if probe.dtype != w.dtype and probe.dtype in _STORED_DTYPES:
@@ -120,7 +120,7 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         w = self.weight
-        dense = w.shape[0] * w.shape[1] * torch.empty(0, dtype=w.dtype).element_size()
+        dense = w.shape[0] * w.shape[1] * w.dtype.itemsize
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"format={w.format}, dtype={str(w.dtype).removeprefix('torch.')}, sparsity={w.sparsity:.1%}, "

@@ -119,15 +119,18 @@ def sparsify_(
     targets = _select_layers(model, sparsity, include, exclude, report)
     bar = tqdm(total=len(targets), desc=f"sparsify ({method or 'compress'})", disable=not progress, unit="layer")
 
-    def prune_and_swap(name, stats=None):
+    pending_swaps = []
+
+    def prune(name, stats=None):
         module, layer_sparsity, aliases = targets.pop(name)
         t0 = time.perf_counter()
         dense = dense_weight_of(module)
         pruned = _prune(name, dense, layer_sparsity, method, stats)
         new = SparseLinear.from_dense(pruned.contiguous(), module.bias, format=format, dtype=dtype)
-        for alias in aliases:
-            parent, _, attr = alias.rpartition(".")
-            setattr(model.get_submodule(parent), attr, new)
+        # Until the swap, the dense layer computes with exactly the values the sparse one stores, so
+        # calibration re-runs of its block see the pruned model (and stay on the fast dense path).
+        dense.copy_(new.weight.to_dense())
+        pending_swaps.append((aliases, new))
         w = new.weight
         report.layers.append(LayerReport(
             name, tuple(w.shape), w.sparsity, dense.numel() * dense.element_size(), w.nbytes,
@@ -135,14 +138,22 @@ def sparsify_(
         bar.set_postfix_str(name, refresh=False)
         bar.update()
 
+    def swap():
+        for aliases, new in pending_swaps:
+            for alias in aliases:
+                parent, _, attr = alias.rpartition(".")
+                setattr(model.get_submodule(parent), attr, new)
+        pending_swaps.clear()
+
     try:
         if method in _CALIBRATED:
             samples = prepare_samples(calibration, tokenizer, _device_of(model))
             layers = {name: t[0] for name, t in targets.items()}
-            calibrate_sequentially(model, samples, layers, method == "sparsegpt", prune_and_swap)
+            calibrate_sequentially(model, samples, layers, method == "sparsegpt", prune, after_block=swap)
         else:
             for name in list(targets):
-                prune_and_swap(name)
+                prune(name)
+                swap()
     finally:
         bar.close()
     report.seconds = time.perf_counter() - started

@@ -105,11 +105,13 @@ def calibrate_sequentially(
     layers: Mapping[str, nn.Module],
     hessian: bool,
     on_layer: Callable[[str, InputStats], None],
+    after_block: Callable[[], None] = lambda: None,
 ) -> None:
     """Call on_layer(name, stats) once per layer in `layers`, block by block (see module docstring).
 
-    on_layer is expected to prune the layer (it may replace it in the model); the block is then
-    re-run with the pruned layer. Layers outside the block stack, or every layer when the model has
+    on_layer is expected to prune the layer in place; the block is then re-run with the pruned
+    weights, and after_block() is called once the block will not run again (the moment to swap its
+    layers for compressed ones). Layers outside the block stack, or every layer when the model has
     no stack of chained blocks, get their statistics from one final pass over the whole model.
     """
     remaining = dict(layers)
@@ -119,7 +121,7 @@ def calibrate_sequentially(
         with torch.no_grad(), _kv_cache_off(model):
             blocks = find_blocks(model, layers)
             if blocks is not None and _blocks_are_chained(model, blocks, samples[0]):
-                _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer)
+                _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer, after_block)
             if remaining:
                 with record_inputs(remaining, hessian) as stats:
                     for args, kwargs in samples:
@@ -127,11 +129,12 @@ def calibrate_sequentially(
                 for name in list(remaining):
                     on_layer(name, stats.pop(name))
                     del remaining[name]
+                after_block()
     finally:
         model.train(was_training)
 
 
-def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer):
+def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer, after_block):
     block_of = {}
     for i, block in enumerate(blocks):
         inside = {id(m) for m in block.modules()}
@@ -152,6 +155,7 @@ def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer):
                 del remaining[name]
         if i < last:
             inputs = [_with_hidden(args, kwargs, _hidden_out(block(*args, **kwargs))) for args, kwargs in inputs]
+        after_block()
 
 
 class _StopForward(Exception):

@@ -234,15 +234,20 @@ def test_calibration_sees_the_pruned_earlier_blocks(chained):
     samples = prepare_samples([torch.randint(0, 20, (6,)) for _ in range(3)])
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     dense_stats = record(model, layers, samples)
-    seen = {}
+    seen, events = {}, []
 
     def on_layer(name, stats):
         seen[name] = stats
+        events.append(name)
         model.get_submodule(name).weight.data.zero_()  # stands in for pruning
 
-    calibrate_sequentially(model, samples, layers, hessian=False, on_layer=on_layer)
+    calibrate_sequentially(model, samples, layers, hessian=False, on_layer=on_layer,
+                           after_block=lambda: events.append("|"))
     assert list(seen) == list(layers)  # every layer once, in model order
     if chained:
+        # after_block (where sparsify_ swaps in compressed layers) follows each block, not the model.
+        assert " ".join(events) == "blocks.0.up blocks.0.down | blocks.1.up blocks.1.down | " \
+                                   "blocks.2.up blocks.2.down | head |"
         # Each block's first layer, and the head after the stack, must see what the model with every
         # earlier block pruned produces (layers of one block share one pass, so `down` is not checked).
         expected = record(model, layers, samples)

@@ -83,15 +83,24 @@ __device__ __forceinline__ void load_x_tile(u32 xs, const Params& p, int n0, int
   }
 }
 
-// B fragments (X^T) for the 16-wide K slice f of the stage, for all NT n8 tiles.
+// B fragments (X^T) for the 16-wide K slice f of the stage, for all NT n8 tiles: one ldmatrix.x4
+// per pair of n8 tiles (matrices: tile 2i k0-7, tile 2i k8-15, tile 2i+1 k0-7, tile 2i+1 k8-15).
 template <int NT>
 __device__ __forceinline__ void load_b_frags(u32 (&b)[NT][2], u32 xs, int f) {
   int lane = threadIdx.x & 31;
-  int r = lane & 7, ch = 2 * f + ((lane >> 3) & 1);
+  int ch = 2 * f + ((lane >> 3) & 1);
+  if (NT == 1) {
+    int row = lane & 7;
+    ldmatrix_x2(b[0], xs + row * X_ROW_BYTES + ((ch ^ (row & 7)) << 4));
+  } else {
 #pragma unroll
-  for (int nt = 0; nt < NT; nt++) {
-    int row = nt * 8 + r;
-    ldmatrix_x2(b[nt], xs + row * X_ROW_BYTES + ((ch ^ (row & 7)) << 4));
+    for (int i = 0; i < NT / 2; i++) {
+      int row = (2 * i + (lane >> 4)) * 8 + (lane & 7);
+      u32 r[4];
+      ldmatrix_x4(r, xs + row * X_ROW_BYTES + ((ch ^ (row & 7)) << 4));
+      b[2 * i][0] = r[0]; b[2 * i][1] = r[1];
+      b[2 * i + 1][0] = r[2]; b[2 * i + 1][1] = r[3];
+    }
   }
 }
 
