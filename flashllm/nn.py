@@ -65,7 +65,7 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, format: str = "auto", dtype: torch.dtype | None = None) -> "SparseLinear":
-        """Compress an nn.Linear (or GPT-2 Conv1D) as it is, reusing its bias Parameter."""
+        """Compress an nn.Linear (or GPT-2 Conv1D) as it is. The bias Parameter is shared, not copied."""
         if not is_linear_like(linear):
             raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(linear).__name__}")
         return cls.from_dense(dense_weight_of(linear).contiguous(), linear.bias, format=format, dtype=dtype)

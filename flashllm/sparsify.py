@@ -102,7 +102,7 @@ def sparsify_(
 
     A linear whose weight Parameter is shared with another module (e.g. lm_head tied to the
     embeddings) is left dense with a warning; a module registered under several names is swapped
-    once, at every name.
+    once, at every name. Returns a SparsifyReport: one row per layer; print it for a table.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -1,0 +1,158 @@
+"""The byte layouts a kernel relies on, read back with decoders written from the docstrings alone.
+
+`flashllm.formats.bitmap` and `flashllm.formats.tiled_csl` document where every byte goes; a
+kernel is written against those words, not against `decode`.  These tests decode the buffers
+with plain loops over the documented fields and compare with the weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+
+from flashllm.formats import compress
+from flashllm.formats.layout import BLOCK, from_blocks, stream_order, to_blocks
+from sparse_weights import assert_same_numbers, make_weight, weights
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _fragment_order() -> list[tuple[int, int, int, int, int]]:
+    """(stream 2s+h, mask word, bit, row, col) of each block element, in stored value order."""
+    out = []
+    for s in range(4):
+        for h in range(2):
+            for f in range(4):
+                for q in range(4):
+                    for hl in range(16):
+                        for e in range(2):
+                            lane = 16 * h + hl
+                            g, t = lane // 4, lane % 4
+                            row = 16 * s + g + 8 * (q & 1)
+                            col = 16 * f + 2 * t + e + 8 * (q >> 1)
+                            out.append((2 * s + h, ((s * 4 + f) * 2 + h) * 4 + q, 2 * hl + e, row, col))
+    return out
+
+
+FRAGMENT_ORDER = _fragment_order()
+
+
+def bitmap_decode_by_the_doc(sw) -> np.ndarray:
+    data = sw.tensors["data"].numpy()
+    ptr = sw.tensors["block_ptr"].tolist()
+    m, k = sw.shape
+    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    out = np.zeros((mb * BLOCK, kb * BLOCK), dtype=np.int16)
+    for b in range(mb * kb):
+        blk = data[ptr[b]:ptr[b + 1]]
+        assert ptr[b] % 16 == 0
+        ends = blk[:16].view("<i2")
+        masks = blk[16:528].view("<u4")
+        values = blk[528:].view("<i2")
+        taken = [0] * 8
+        r0, c0 = (b // kb) * BLOCK, (b % kb) * BLOCK
+        for stream, word, bit, row, col in FRAGMENT_ORDER:
+            if masks[word] >> bit & 1:
+                start = ends[stream - 1] if stream else 0
+                # the popcount rule: a value's index is its stream start + set bits before it
+                out[r0 + row, c0 + col] = values[start + taken[stream]]
+                taken[stream] += 1
+        assert taken == np.diff(np.concatenate([[0], ends])).tolist()
+        assert len(values) * 2 == 16 * -(-int(ends[-1]) // 8)
+    return out[:m, :k]
+
+
+def tiled_csl_decode_by_the_doc(sw) -> np.ndarray:
+    words = sw.tensors["words"].numpy().view(np.uint32)
+    ptr = sw.tensors["tile_ptr"].tolist()
+    m, k = sw.shape
+    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    out = np.zeros((mb * BLOCK, kb * BLOCK), dtype=np.int16)
+    for t in range(mb * kb):
+        r0, c0 = (t // kb) * BLOCK, (t % kb) * BLOCK
+        for word in words[ptr[t]:ptr[t + 1]]:
+            loc, bits = int(word >> 16), np.int16(np.uint16(word & 0xFFFF))
+            row = loc // BLOCK
+            col = (loc % BLOCK) ^ ((row % 8) * 8)
+            if bits == 0:  # padding (see test_tiled_csl_padding_words_aim_at_zeros)
+                continue
+            assert out[r0 + row, c0 + col] == 0, "two words for one position"
+            out[r0 + row, c0 + col] = bits
+    return out[:m, :k]
+
+
+def test_fragment_order_is_the_layout_stream_order():
+    rows_cols = [row * BLOCK + col for *_, row, col in FRAGMENT_ORDER]
+    assert rows_cols == stream_order().tolist()
+    assert sorted(rows_cols) == list(range(BLOCK * BLOCK))
+    words_bits = {(w, b) for _, w, b, _, _ in FRAGMENT_ORDER}
+    assert len(words_bits) == BLOCK * BLOCK  # every element owns its own mask bit
+
+
+@given(case=weights(max_dim=150))
+def test_bitmap_bytes_match_the_documented_layout(case):
+    _, w = case
+    got = bitmap_decode_by_the_doc(compress(w, "bitmap"))
+    assert_same_numbers(torch.from_numpy(got).view(w.dtype), w)
+
+
+@given(case=weights(max_dim=150))
+def test_tiled_csl_words_match_the_documented_layout(case):
+    _, w = case
+    sw = compress(w, "tiled_csl")
+    got = tiled_csl_decode_by_the_doc(sw)
+    assert_same_numbers(torch.from_numpy(got).view(w.dtype), w)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 130)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 1.0])
+def test_tiled_csl_padding_words_aim_at_zeros(shape, sparsity):
+    w = make_weight(*shape, sparsity, seed=11)
+    sw = compress(w, "tiled_csl")
+    blocks = to_blocks(w)
+    words, ptr = sw.tensors["words"], sw.tensors["tile_ptr"]
+    for t in range(ptr.numel() - 1):
+        tile_words = words[ptr[t]:ptr[t + 1]]
+        nnz = int((blocks[t] != 0).sum())
+        assert tile_words.numel() == -(-nnz // 4) * 4  # padded to whole 16-byte vectors, no more
+        loc = (tile_words >> 16) & 0xFFFF
+        row, col = loc // BLOCK, (loc % BLOCK) ^ ((loc // BLOCK % 8) * 8)
+        pad = (tile_words & 0xFFFF) == 0
+        assert int(pad.sum()) == tile_words.numel() - nnz
+        assert bool((blocks[t][(row * BLOCK + col)[pad]] == 0).all())
+
+
+def _store_banks(sw):
+    """Distinct shared-memory banks hit by each warp store of the kernel's scatter (full 128-word chunks)."""
+    words, ptr = sw.tensors["words"], sw.tensors["tile_ptr"]
+    lanes = 4 * torch.arange(32)
+    hits = []
+    for t in range(ptr.numel() - 1):
+        tile_words = words[ptr[t]:ptr[t + 1]]
+        bank = ((tile_words >> 16) & 0xFFFF) // 2 % 32  # fp16 address -> 4-byte bank
+        for chunk in range(0, tile_words.numel() // 128 * 128, 128):
+            for j in range(4):  # store j of a warp: word j of 32 consecutive 4-word vectors
+                hits.append(bank[chunk + lanes + j].unique().numel())
+    return hits
+
+
+def test_tiled_csl_dense_tile_stores_are_conflict_free():
+    hits = _store_banks(compress(make_weight(128, 192, 0.0, seed=12), "tiled_csl"))
+    assert len(hits) == 6 * 32 * 4 and set(hits) == {32}
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9])
+def test_tiled_csl_reordering_spreads_stores_over_banks(sparsity):
+    # Row-major order would hit 16 banks per store; the ahead-of-time dealing gets close to 32.
+    hits = _store_banks(compress(make_weight(128, 128, sparsity, seed=13), "tiled_csl"))
+    assert hits and sum(hits) / len(hits) >= 28
+
+
+@given(case=weights(max_dim=200))
+def test_to_blocks_from_blocks_inverse(case):
+    _, w = case
+    blocks = to_blocks(w)
+    assert blocks.shape == (-(-w.shape[0] // 64) * -(-w.shape[1] // 64), 4096)
+    assert torch.equal(from_blocks(blocks, tuple(w.shape)).view(torch.int16), w.view(torch.int16))

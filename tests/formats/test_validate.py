@@ -1,0 +1,248 @@
+"""Every check of `validate()` and `from_state_dict()` catches a deliberately corrupted copy.
+
+Each case corrupts one thing in a freshly encoded weight, leaving everything the earlier checks
+look at intact, and expects a ValueError whose message names what broke.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flashllm.formats import SparseWeight, compress
+from flashllm.formats.base import FORMAT_VERSION
+from sparse_weights import make_weight, weights
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+W = make_weight(100, 150, 0.7, seed=31, specials=True)  # 2 x 3 blocks, every block partly full
+
+
+def copy(sw: SparseWeight, **fields) -> SparseWeight:
+    return dataclasses.replace(sw, tensors={k: v.clone() for k, v in sw.tensors.items()}, **fields)
+
+
+def with_tensors(sw: SparseWeight, **tensors) -> SparseWeight:
+    return dataclasses.replace(sw, tensors={**sw.tensors, **tensors})
+
+
+def padding_set(fmt: str, drop: str) -> SparseWeight:
+    """A weight whose last row (or column) is non-zero, relabelled one row (column) smaller:
+    the non-zero now sits in block padding while every count and offset still agrees."""
+    w = make_weight(128, 128, 0.5, seed=32)
+    w[-1, :] = 1
+    w[:, -1] = 1
+    sw = compress(w, fmt)
+    return dataclasses.replace(sw, shape=(127, 128) if drop == "row" else (128, 127))
+
+
+def insert_bytes(data: torch.Tensor, at: int, n: int) -> torch.Tensor:
+    return torch.cat([data[:at], torch.zeros(n, dtype=data.dtype), data[at:]])
+
+
+def bitmap_cases():
+    sw = compress(W, "bitmap")
+    data, ptr = sw.tensors["data"], sw.tensors["block_ptr"]
+
+    def set_ptr(i, v):
+        p = ptr.clone()
+        p[i] = v
+        return with_tensors(sw, block_ptr=p)
+
+    ends_plus_one = data.clone()
+    ends_plus_one.view(torch.int16)[int(ptr[1]) // 2 + 3] += 1  # block 1, stream 3's end
+    one_more_value = ptr.clone()
+    one_more_value[2:] += 16
+    one_less_value = ptr.clone()
+    one_less_value[1:] -= 16
+    return [
+        ("data dtype", with_tensors(sw, data=data.view(torch.int8)), r"bitmap data must be a 1-D uint8"),
+        ("data 2-D", with_tensors(sw, data=data.view(-1, 16)), r"bitmap data must be a 1-D uint8"),
+        ("ptr dtype", with_tensors(sw, block_ptr=ptr.to(torch.int32)), r"bitmap block_ptr must be int64 of length 7"),
+        ("ptr length", with_tensors(sw, block_ptr=ptr[:-1]), r"bitmap block_ptr must be int64 of length 7"),
+        ("ptr 2-D", with_tensors(sw, block_ptr=ptr.view(7, 1)), r"bitmap block_ptr must be int64 of length 7"),
+        ("ptr[0]", with_tensors(sw, data=insert_bytes(data, 0, 16), block_ptr=ptr + 16),
+         r"bitmap block_ptr\[0\] must be 0, got 16"),
+        ("ptr[-1]", with_tensors(sw, data=insert_bytes(data, data.numel(), 16)),
+         r"bitmap block_ptr\[-1\] = \d+ does not match the buffer size \d+"),
+        ("ptr[-1] short", with_tensors(sw, data=data[:-16]), r"bitmap block_ptr\[-1\] = \d+ does not match the buffer size"),
+        ("monotone", set_ptr(1, int(ptr[2]) + 16), r"bitmap block_ptr is not monotone"),
+        ("aligned", set_ptr(1, int(ptr[1]) + 8), r"bitmap block_ptr entries must be multiples of 16"),
+        ("header", set_ptr(1, 512), r"bitmap block smaller than its 528-byte header"),
+        ("ends", with_tensors(sw, data=ends_plus_one), r"bitmap stream ends .* disagree with the mask popcounts"),
+        ("extra values", with_tensors(sw, data=insert_bytes(data, int(ptr[2]), 16), block_ptr=one_more_value),
+         r"bitmap block size disagrees with its popcount"),
+        ("missing values", with_tensors(sw, data=torch.cat([data[:int(ptr[1]) - 16], data[int(ptr[1]):]]),
+                                        block_ptr=one_less_value),
+         r"bitmap block size disagrees with its popcount"),
+        ("padding row", padding_set("bitmap", "row"), r"bitmap has mask bits set outside the \[M, K\] matrix"),
+        ("padding col", padding_set("bitmap", "col"), r"bitmap has mask bits set outside the \[M, K\] matrix"),
+        ("nnz", copy(sw, nnz=sw.nnz - 1), rf"bitmap nnz {sw.nnz - 1} disagrees with the mask popcount {sw.nnz}"),
+        ("max_block_bytes", copy(sw, max_block_bytes=sw.max_block_bytes + 16), r"bitmap max_block_bytes"),
+    ]
+
+
+def tiled_csl_cases():
+    sw = compress(W, "tiled_csl")
+    words, ptr = sw.tensors["words"], sw.tensors["tile_ptr"]
+
+    def set_ptr(i, v):
+        p = ptr.clone()
+        p[i] = v
+        return with_tensors(sw, tile_ptr=p)
+
+    def set_word(i, word):
+        w = words.clone()
+        w[i] = word
+        return with_tensors(sw, words=w)
+
+    first = int(words[0])
+    value_bits = first & 0xFFFF
+    assert value_bits != 0, "word 0 of tile 0 holds a value"
+    twin = next(int(v) for v in words[1:int(ptr[1])] if int(v) & 0xFFFF)  # another value in tile 0
+
+    # Tile 0 holds 1289 values in 1292 words.  Over-padded: 4100 more zero words aimed at one of its
+    # zeros; it decodes to the same matrix, but a hostile file could make a tile of any length.
+    tile0 = words[:int(ptr[1])]
+    pad_word = tile0[(tile0 & 0xFFFF) == 0][:1]
+    over = torch.cat([tile0, pad_word.repeat(4100), words[int(ptr[1]):]])
+    over_ptr = torch.cat([ptr[:1], ptr[1:] + 4100])
+    over_padded = dataclasses.replace(sw, tensors={"words": over, "tile_ptr": over_ptr},
+                                      max_block_bytes=int((over_ptr[1:] - over_ptr[:-1]).max()) * 4)
+    return [
+        ("words dtype", with_tensors(sw, words=words.view(torch.float32)), r"tiled_csl words must be a 1-D int32"),
+        ("words 2-D", with_tensors(sw, words=words.view(-1, 4)), r"tiled_csl words must be a 1-D int32"),
+        ("ptr dtype", with_tensors(sw, tile_ptr=ptr.to(torch.int32)), r"tiled_csl tile_ptr must be int64 of length 7"),
+        ("ptr length", with_tensors(sw, tile_ptr=ptr[1:]), r"tiled_csl tile_ptr must be int64 of length 7"),
+        ("ptr[0]", with_tensors(sw, words=torch.cat([torch.zeros(4, dtype=torch.int32), words]), tile_ptr=ptr + 4),
+         r"tiled_csl tile_ptr\[0\] must be 0, got 4"),
+        ("ptr[-1]", with_tensors(sw, words=words[:-4]), r"tiled_csl tile_ptr\[-1\] = \d+ does not match the buffer size"),
+        ("monotone", set_ptr(2, int(ptr[1]) - 4), r"tiled_csl tile_ptr is not monotone"),
+        ("aligned", set_ptr(1, int(ptr[1]) + 2), r"tiled_csl tile_ptr entries must be multiples of 4"),
+        ("location", set_word(0, (4096 << 16) | value_bits), r"tiled_csl word with a location outside its 64x64 tile"),
+        ("location max", set_word(0, -1), r"tiled_csl word with a location outside its 64x64 tile"),
+        ("duplicate", set_word(0, (twin & ~0xFFFF) | value_bits), r"tiled_csl tile holds two words for one position"),
+        ("padding row", padding_set("tiled_csl", "row"), r"tiled_csl non-zero outside the \[M, K\] matrix"),
+        ("over-padded", over_padded, r"tiled_csl tile holds more or fewer words than its non-zeros padded to 4"),
+        ("value zeroed", set_word(0, first & ~0xFFFF),  # 1288 values left in 1292 words
+         r"tiled_csl tile holds more or fewer words than its non-zeros padded to 4"),
+        ("padding col", padding_set("tiled_csl", "col"), r"tiled_csl non-zero outside the \[M, K\] matrix"),
+        ("nnz", copy(sw, nnz=sw.nnz + 1), rf"tiled_csl nnz {sw.nnz + 1} disagrees with the non-zero words \({sw.nnz}\)"),
+        ("max_block_bytes", copy(sw, max_block_bytes=sw.max_block_bytes - 16),
+         r"tiled_csl max_block_bytes is not the largest tile"),
+    ]
+
+
+def base_cases():
+    sw = compress(W, "bitmap")
+    return [
+        ("format", copy(sw, format="csr"), r"unknown format 'csr'"),
+        ("shape M", copy(sw, shape=(0, 150)), r"invalid shape \(0, 150\)"),
+        ("shape K", copy(sw, shape=(100, -1)), r"invalid shape"),
+        ("shape huge", copy(sw, shape=(2**31, 1)), r"invalid shape"),
+        ("nnz < 0", copy(sw, nnz=-1), r"nnz -1 outside \[0, M\*K = 15000\]"),
+        ("nnz > M*K", copy(sw, nnz=15001), r"nnz 15001 outside \[0, M\*K = 15000\]"),
+        ("wrong block count", copy(sw, shape=(100, 250)), r"bitmap block_ptr must be int64 of length 9"),
+    ]
+
+
+CASES = bitmap_cases() + tiled_csl_cases() + base_cases()
+
+
+@pytest.mark.parametrize("name,corrupt,message", CASES, ids=[c[0] for c in CASES])
+def test_validate_catches(name, corrupt, message):
+    with pytest.raises(ValueError, match=message):
+        corrupt.validate()
+
+
+def test_the_originals_are_valid():
+    for fmt in ("bitmap", "tiled_csl"):
+        compress(W, fmt).validate()
+
+
+# ---- from_state_dict: what a file can get wrong before the format checks run ----
+
+def state_dict(fmt="bitmap"):
+    return {k: v.clone() for k, v in compress(W, fmt).state_dict().items()}
+
+
+def with_meta(i, value, fmt="bitmap"):
+    d = state_dict(fmt)
+    d["meta"][i] = value
+    return d
+
+
+def without(key):
+    d = state_dict()
+    del d[key]
+    return d
+
+
+def plus(key):
+    d = state_dict()
+    d[key] = torch.zeros(1)
+    return d
+
+
+def retyped_meta(meta_fn):
+    d = state_dict()
+    d["meta"] = meta_fn(d["meta"])
+    return d
+
+
+STATE_DICT_CASES = [
+    ("no meta", without("meta"), r"no 'meta' tensor"),
+    ("meta dtype", retyped_meta(lambda m: m.to(torch.int32)), r"'meta' must be int64 of shape \(7,\)"),
+    ("meta shape", retyped_meta(lambda m: m[:6]), r"'meta' must be int64 of shape \(7,\)"),
+    ("version", with_meta(0, FORMAT_VERSION + 1), rf"format version {FORMAT_VERSION + 1} not supported"),
+    ("format code", with_meta(1, 9), r"unknown format code 9"),
+    ("dtype code", with_meta(4, 7), r"unknown dtype code 7"),
+    ("missing tensor", without("data"), r"bitmap state dict: missing tensors \['data'\]"),
+    ("extra tensor", plus("words"), r"bitmap state dict: missing tensors \[\], unexpected \['words'\]"),
+    ("other format's tensors", with_meta(1, 1), r"tiled_csl state dict: missing tensors \['words', 'tile_ptr'\]"),
+    ("shape", with_meta(2, 0), r"invalid shape \(0, 150\)"),
+    ("nnz", with_meta(5, 10**12), r"nnz 1000000000000 outside"),
+    ("max block", with_meta(6, 0), r"bitmap max_block_bytes 0 is not the largest block"),
+    ("tensors validated", with_meta(5, 0, "tiled_csl"), r"tiled_csl nnz 0 disagrees"),
+]
+
+
+@pytest.mark.parametrize("name,d,message", STATE_DICT_CASES, ids=[c[0] for c in STATE_DICT_CASES])
+def test_from_state_dict_catches(name, d, message):
+    with pytest.raises(ValueError, match=message):
+        SparseWeight.from_state_dict(d)
+
+
+def test_from_state_dict_validate_false_skips_the_format_checks():
+    d = with_meta(5, 0)
+    sw = SparseWeight.from_state_dict(d, validate=False)
+    assert sw.nnz == 0
+    with pytest.raises(ValueError, match="nnz 0 disagrees"):
+        sw.validate()
+
+
+# ---- random corruption: a broken buffer raises ValueError or still decodes; never anything else ----
+
+@given(case=weights(max_dim=150), fmt=st.sampled_from(["bitmap", "tiled_csl"]), data=st.data())
+def test_random_bit_flips_never_escape_validate(case, fmt, data):
+    _, w = case
+    sw = compress(w, fmt)
+    tensors = {k: v.clone() for k, v in sw.tensors.items()}
+    name = data.draw(st.sampled_from(sorted(tensors)))
+    raw = tensors[name].view(torch.uint8).view(-1)
+    if raw.numel() == 0:
+        return
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, raw.numel() - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    broken = dataclasses.replace(sw, tensors=tensors)
+    try:
+        broken.validate()
+    except ValueError:
+        return
+    # Structurally sound (a value's bits or a location changed): it decodes to a matrix of the shape.
+    assert broken.to_dense().shape == w.shape
+
