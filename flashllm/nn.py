@@ -94,7 +94,8 @@ class SparseLinear(nn.Module):
         for name, tensor in self.weight.state_dict().items():
             destination[f"{prefix}weight.{name}"] = tensor if keep_vars else tensor.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         head = prefix + "weight."
         parts = {k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)}
         rest = {k: v for k, v in state_dict.items() if not k.startswith(head)}

@@ -156,7 +156,8 @@ def test_calibration_from_strings_and_dicts(tmp_path):
     encoded = [dict(tokenizer(t, return_tensors="pt")) for t in texts]
     by_dict = sparsify_(model2, 0.5, "wanda", calibration=encoded, progress=False)
     for a, b in zip(by_text, by_dict):
-        assert torch.equal(model.get_submodule(a.name).weight.to_dense(), model2.get_submodule(b.name).weight.to_dense())
+        assert torch.equal(model.get_submodule(a.name).weight.to_dense(),
+                           model2.get_submodule(b.name).weight.to_dense())
 
 
 def test_calibrated_methods_restore_training_mode_and_cache_flag():

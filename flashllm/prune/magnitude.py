@@ -24,7 +24,8 @@ def prune_rows_by_score(weight: torch.Tensor, score: torch.Tensor, sparsity: flo
     (more only if the row already held more zeros than that).
     """
     if weight.dim() != 2 or score.shape != weight.shape:
-        raise ValueError(f"expected a 2-D weight and a score of its shape, got {tuple(weight.shape)} and {tuple(score.shape)}")
+        raise ValueError(f"expected a 2-D weight and a score of its shape, "
+                         f"got {tuple(weight.shape)} and {tuple(score.shape)}")
     k = zero_count(sparsity, weight.shape[1])
     pruned = weight.clone()
     if k:

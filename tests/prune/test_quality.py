@@ -86,10 +86,17 @@ def eval_loss(model, data) -> float:
 @pytest.fixture(scope="module")
 def trained():
     train, held_out = synthetic_corpus(2048, seed=1), synthetic_corpus(128, seed=2)
-    model = train_tiny_llama(train)
-    before = eval_loss(model, held_out)
-    add_outlier_features(model)
-    return model, train, held_out, before
+    # Matmuls this small gain nothing from more threads, and on a busy machine OpenMP threads
+    # spin-waiting on each other made this module 10x slower. One thread until its last test ends.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_tiny_llama(train)
+        before = eval_loss(model, held_out)
+        add_outlier_features(model)
+        yield model, train, held_out, before
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_model_learned_the_language_and_outliers_kept_its_function(trained):
