@@ -56,7 +56,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     """Tile config from the problem size alone (rules read off a sweep on an H200, see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
-    - spw: one block per CTA up to 32 tokens; at 64 tokens two, so each X fragment feeds twice the MMAs.
+    - spw: bitmap: one block per CTA up to 32 tokens, two at 64 (each X fragment feeds twice the MMAs);
+      tiled_csl: always two (its shared-memory pipe is the limit, and X fragments are shared).
     - stages: as deep as fits while 8 CTAs share an SM (bytes in flight hide HBM latency).
     - split: K slices, up to 8, each streaming >= 12 blocks: many small CTAs keep every SM's
       schedulers busy, which matters more than the fp32 partials they write.
@@ -66,7 +67,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     if spw is None:
-        spw = 1 if nt <= 4 else 2
+        spw = 1 if (nt <= 4 and fmt == "bitmap") else 2
         while spw > 1 and -(-mb // spw) * n_tiles < sms:
             spw //= 2
     stage_bytes = spw * stage_w + nt * 8 * 128
