@@ -49,11 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=run_info)
 
     generate = commands.add_parser("generate", help="generate text from a checkpoint",
-                                   description="Load DIR with flashllm.from_pretrained and continue a prompt "
-                                   "(greedy decoding).")
+                                   description="Load DIR with flashllm.from_pretrained and continue a prompt. "
+                                   "OPT and Llama-family models (Llama, Mistral, Qwen2) run on flashllm's engine "
+                                   "(static KV cache, CUDA-graph decode on a GPU); others on transformers' generate.")
     generate.add_argument("dir", metavar="DIR", help="checkpoint directory with its tokenizer files")
     generate.add_argument("--prompt", required=True, help="text to continue")
     generate.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
+    generate.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    generate.add_argument("--top-p", type=float, default=None, help="sample from the smallest set holding this mass")
+    generate.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    generate.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                          help="decode eagerly on a GPU instead of replaying a CUDA graph")
     _add_device_dtype(generate)
     generate.set_defaults(run=run_generate)
 
@@ -138,18 +145,41 @@ def run_info(args) -> int:
 
 def run_generate(args) -> int:
     import torch
+    from flashllm.engine import supports
     from flashllm.models import from_pretrained
 
     model = from_pretrained(args.dir, device=_device(args.device), dtype=_dtype(args.dtype))
     if not hasattr(model, "generate") or not model.can_generate():
         raise ValueError(f"{args.dir} holds a {type(model).__name__}, which cannot generate text")
     tokenizer = _tokenizer(args.dir)
+    if supports(model.config):
+        print(_generate_with_engine(model, tokenizer, args))
+        return 0
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
+    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) \
+        if args.temperature > 0 else dict(do_sample=False)
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling,
                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     print(tokenizer.decode(output[0], skip_special_tokens=True))
     return 0
+
+
+def _generate_with_engine(model, tokenizer, args) -> str:
+    from flashllm.engine import Generator, from_hf
+
+    ids = tokenizer(args.prompt)["input_ids"]
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
+    generator = Generator(from_hf(model), 1, len(ids) + args.max_new_tokens, cuda_graph=None if args.cuda_graph else False)
+    out = generator.generate([ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, stop_tokens=stops, pad_token_id=pad, seed=args.seed)
+    return tokenizer.decode(ids + out.sequences()[0], skip_special_tokens=True)
 
 
 def run_delegated(name: str, argv: list[str]) -> int:

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-COMMANDS = {"kernel": "flashllm.bench.kernel", "encode": "flashllm.bench.encode"}
+COMMANDS = {"kernel": "flashllm.bench.kernel", "encode": "flashllm.bench.encode", "e2e": "flashllm.bench.e2e"}
 
 
 def main(argv=None):

@@ -54,7 +54,8 @@ def timed(fn, device: torch.device, repeats: int, warmup: int):
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def bench(m, k, sparsity, dtype, formats, device, repeats, warmup, seed=0) -> dict:
@@ -73,8 +74,8 @@ def bench(m, k, sparsity, dtype, formats, device, repeats, warmup, seed=0) -> di
         row = dict(nbytes=sw.nbytes, bytes_per_element=sw.nbytes / w.numel(), round_trip_exact=exact)
         for step, (times, cpu_times, _) in (("encode", enc), ("decode", dec), ("validate", val)):
             median = statistics.median(times)
-            row[step] = dict(seconds=times, min_s=min(times), median_s=median, gbps_at_median=dense_bytes / median / 1e9,
-                             process_cpu_seconds=cpu_times)
+            row[step] = dict(seconds=times, min_s=min(times), median_s=median,
+                             gbps_at_median=dense_bytes / median / 1e9, process_cpu_seconds=cpu_times)
         del enc, dec, val
         result["formats"][fmt] = row
         del sw

@@ -63,6 +63,7 @@ class _DecodeState:
     starts: torch.Tensor     # [B] int64: first real slot of each sequence
     done: torch.Tensor       # [B] bool: produced a stop token already
     stops: dict = field(default_factory=dict)  # stop-token tuple -> int64 tensor (kept alive for graphs)
+    next_slot: int | None = None  # host copy of `slot` (the host never reads the device's)
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,29 @@ class Generator:
         if model.args.family == "opt":  # but never round past OPT's position table
             self.max_seq = min(self.max_seq, max(max_seq_len, model.args.max_positions))
         model.setup_caches(max_batch_size, self.max_seq)
+        # Graphs hold raw pointers into these caches: keep them alive, and notice if another
+        # Generator on the same model replaces them.
+        self._caches = [block.attn.kv_cache for block in model.layers]
         self.states: dict[int, _DecodeState] = {}
         self.graphs: dict[_StepKey, torch.cuda.CUDAGraph] = {}
         self._pool = None
-        self._slot = None  # host copy of the next decode slot (the device holds its own)
 
     def close(self) -> None:
         """Drop the graphs, buffers and KV cache (their memory returns to PyTorch's allocator)."""
         self.graphs.clear()
         self.states.clear()
         self._pool = None
-        self.model.free_caches()
+        if self._owns_caches():
+            self.model.free_caches()
+        self._caches = []
+
+    def _owns_caches(self) -> bool:
+        return bool(self._caches) and all(b.attn.kv_cache is c for b, c in zip(self.model.layers, self._caches))
+
+    def _check_caches(self) -> None:
+        if not self._owns_caches():
+            raise RuntimeError("this Generator's KV cache is gone (closed, or replaced by another Generator on "
+                               "the same model): create a new Generator")
 
     # ------------------------------------------------------------------------------------- public
 
@@ -149,6 +162,7 @@ class Generator:
                 stop: tuple = (), pad: int = 0) -> torch.Tensor:
         """Run left-padded prompts [B, T] (slots 0..T-1) and choose each sequence's first new token.
         Sets up the decode buffers; returns the static token buffer [B] (copy it to keep it)."""
+        self._check_caches()
         b, t = tokens.shape
         if b > self.max_batch:
             raise ValueError(f"batch {b} exceeds max_batch_size {self.max_batch}")
@@ -161,25 +175,26 @@ class Generator:
         logits = self.model(tokens, slots, st.starts, self._attn_len(t))
         self._emit(st, sample(logits.float(), sampling), stop, pad)
         st.slot.fill_(t)
-        self._slot = t
+        st.next_slot = t
         return st.tok
 
     @torch.inference_mode()
     def decode_step(self, batch: int, sampling: Sampling = Sampling(), stop: tuple = (), pad: int = 0) -> torch.Tensor:
         """Feed each sequence's last token, choose the next; returns the static token buffer [B]."""
-        if self._slot is None or batch not in self.states:
+        st = self.states.get(batch)
+        if st is None or st.next_slot is None:
             raise RuntimeError(f"decode_step before a prefill of batch {batch}")
-        if self._slot >= self.max_seq:
+        self._check_caches()
+        if st.next_slot >= self.max_seq:
             raise ValueError(f"the KV cache is full ({self.max_seq} slots)")
-        key = _StepKey(batch, self._attn_len(self._slot + 1), sampling, stop, pad)
-        st = self.states[batch]
+        key = _StepKey(batch, self._attn_len(st.next_slot + 1), sampling, stop, pad)
         if not self.cuda_graph:
             self._decode(st, key)
         elif key in self.graphs:
             self.graphs[key].replay()
         else:
             self._capture(st, key)
-        self._slot += 1
+        st.next_slot += 1
         return st.tok
 
     # ----------------------------------------------------------------------------------- internals

@@ -161,13 +161,15 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
     from tqdm.auto import tqdm
     for name, module in tqdm(modules, desc="random weights", disable=not progress, unit="module"):
         if isinstance(module, nn.Linear):
-            dense_bytes += module.weight.numel() * dtype.itemsize
+            tied = name == "lm_head" and args.tie_embeddings
+            dense_bytes += 0 if tied else module.weight.numel() * dtype.itemsize
+            dense_bytes += module.bias.numel() * dtype.itemsize if module.bias is not None else 0
             if sparsity > 0 and name.startswith("layers."):
                 layer = _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std)
                 formats[layer.weight.format] = formats.get(layer.weight.format, 0) + 1
                 zeros += layer.weight.shape[0] * layer.weight.shape[1] - layer.weight.nnz
                 elements += layer.weight.shape[0] * layer.weight.shape[1]
-            elif name == "lm_head" and args.tie_embeddings:
+            elif tied:
                 layer = module
                 layer.weight = model.embed_tokens.weight
             else:
