@@ -90,7 +90,7 @@ def grouped_attention(q, k, v, mask, scale) -> torch.Tensor:
         if t > 1:
             mask = mask.repeat(1, 1, rep, 1)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return y.view(b, h, t, d)
+    return y.reshape(b, h, t, d)  # not view: CUDA kernels return [B, H, T, D] laid out as [B, T, H, D]
 
 
 class FeedForward(nn.Module):

@@ -20,7 +20,7 @@ SMEM_PER_SM = 227 * 1024  # Hopper/Ampere-class opt-in limit per block; per-SM t
 SPW_CHOICES = (1, 2)      # what choose_config picks (sweeps may force others)
 NT_CHOICES = (1, 2, 4, 8)
 STAGE_CHOICES = (2, 3, 4)
-MAX_KERNEL_N = 256  # above this the weight is decompressed in chunks and multiplied by cuBLAS
+MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multiplied by cuBLAS (measured crossover)
 
 
 class Params(ctypes.Structure):

@@ -289,10 +289,19 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     }
   }
   __syncthreads();
-  // CSL locations are swizzled: column c of row r sits at c ^ ((r % 8) * 8)
-  for (int i = threadIdx.x; i < BLOCK * BLOCK; i += THREADS) {
-    int r = i >> 6, c = i & 63;
-    int m = mb * BLOCK + r, k = kb * BLOCK + c;
-    if (m < rows && k < K) out[(i64)m * K + k] = tile[CSL ? (r << 6) + (c ^ ((r & 7) << 3)) : i];
+  // Write the tile out in 16-byte chunks (8 columns).  A Tiled-CSL tile is swizzled by whole 16-byte
+  // chunks (chunk c of row r sits at c ^ (r % 8)), so each chunk stays contiguous.
+  const bool vec = (K & 7) == 0;  // rows 16-byte aligned
+  for (int i = threadIdx.x; i < BLOCK * BLOCK / 8; i += THREADS) {
+    int r = i >> 3, ch = i & 7;
+    int m = mb * BLOCK + r, k = kb * BLOCK + ch * 8;
+    if (m >= rows || k >= K) continue;
+    const u16* src = tile + (r << 6) + ((CSL ? ch ^ (r & 7) : ch) << 3);
+    u16* dst = out + (i64)m * K + k;
+    if (vec && k + 8 <= K) {
+      *(uint4*)dst = *(const uint4*)src;
+    } else {
+      for (int e = 0; e < 8 && k + e < K; e++) dst[e] = src[e];
+    }
   }
 }
