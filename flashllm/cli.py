@@ -176,7 +176,8 @@ def _generate_with_engine(model, tokenizer, args) -> str:
         eos = tokenizer.eos_token_id
     stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
-    generator = Generator(from_hf(model), 1, len(ids) + args.max_new_tokens, cuda_graph=None if args.cuda_graph else False)
+    generator = Generator(from_hf(model), 1, len(ids) + args.max_new_tokens,
+                          cuda_graph=None if args.cuda_graph else False)
     out = generator.generate([ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, stop_tokens=stops, pad_token_id=pad, seed=args.seed)
     return tokenizer.decode(ids + out.sequences()[0], skip_special_tokens=True)

@@ -61,7 +61,8 @@ def from_hf(hf_model: nn.Module) -> Transformer:
     return model.eval()
 
 
-def load_model(path, device=None, dtype=None, format: str = "auto", sparsity_threshold: float | None = 0.3) -> Transformer:
+def load_model(path, device=None, dtype=None, format: str = "auto",
+               sparsity_threshold: float | None = 0.3) -> Transformer:
     """Load a checkpoint directory with flashllm.models.from_pretrained (dense, sparse-bitmask or
     flashllm; linears with at least `sparsity_threshold` zeros are compressed) and wrap it."""
     from pathlib import Path
