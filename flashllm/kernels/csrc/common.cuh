@@ -71,10 +71,8 @@ __device__ __forceinline__ u16 from_float(float v) {
 // c ^ (n % 8) so that ldmatrix's 8 row addresses fall in 8 different bank groups.
 template <int NT>
 __device__ __forceinline__ void load_x_tile(u32 xs, const Params& p, int n0, int kb) {
-#pragma unroll
-  for (int i = 0; i < (NT * 64 + THREADS - 1) / THREADS; i++) {
-    int c = threadIdx.x + i * THREADS;
-    if (NT * 64 < THREADS && c >= NT * 64) break;
+  // issued by one warp (see load_stage)
+  for (int c = threadIdx.x & 31; c < NT * 8 * 8; c += 32) {
     int r = c >> 3, ch = c & 7;
     int n = n0 + r, k = kb * BLOCK + ch * 8;
     bool ok = n < p.N && k < p.K;  // ldx is padded to 8 with zeros, so a chunk is all in or all out
