@@ -70,7 +70,7 @@ __device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& ba
   return ((u32)lo | ((u32)hi << 16)) & keep;
 }
 
-template <int SPW, int NT, bool BF16>
+template <int SPW, int NT, bool BF16, bool FULL>
 __device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int mt, float (&acc)[SPW][NT][4],
                                                const BitmapLane& L) {
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = lane >> 4;
@@ -90,7 +90,7 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int m
     load_b_frags<NT>(b, xs, f);
 #pragma unroll
     for (int j = 0; j < SPW; j++) {
-      if (mt * SPW + j >= p.MB) break;
+      if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
       u32 blk = stage + j * p.stage_w_bytes;
       u32 w0, w1, w2, w3;
       asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -141,7 +141,7 @@ __device__ __forceinline__ void clear_strips(u32 dense) {
                    :: "r"(dense + j * BLOCK * BLOCK * 2 + warp * 16 * 128 + (i * 32 + lane) * 16), "r"(0));
 }
 
-template <int SPW, int NT, bool BF16>
+template <int SPW, int NT, bool BF16, bool FULL>
 __device__ __forceinline__ void compute_dense(u32 xs, u32 dense, const Params& p, int mt, float (&acc)[SPW][NT][4]) {
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -150,7 +150,7 @@ __device__ __forceinline__ void compute_dense(u32 xs, u32 dense, const Params& p
     load_b_frags<NT>(b, xs, f);
 #pragma unroll
     for (int j = 0; j < SPW; j++) {
-      if (mt * SPW + j >= p.MB) break;
+      if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
       int row = warp * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
       int ch = 2 * f + (lane >> 4);
       u32 a[4];
@@ -171,6 +171,7 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const int nk = min(p.KB - kb0, p.kb_per_split);
   const u32 stage_bytes = SPW * p.stage_w_bytes + NT * 8 * X_ROW_BYTES;
   const u32 ring = smem_addr(smem);
+  const bool full = (mt + 1) * SPW <= p.MB;  // every row block of this CTA exists (all but the last CTA)
   const u32 dense = ring + STAGES * stage_bytes;  // CSL only: SPW dense 64x64 tiles
   i64* ptrs = (i64*)(smem + STAGES * stage_bytes + (CSL ? SPW * BLOCK * BLOCK * 2 : 0));
   load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
@@ -212,11 +213,13 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
     if (CSL) {
       scatter_csl<SPW>(stage, dense, p, ptrs, nk, mt, it);
       __syncthreads();
-      compute_dense<SPW, NT, BF16>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
+      if (full) compute_dense<SPW, NT, BF16, true>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
+      else compute_dense<SPW, NT, BF16, false>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
       __syncwarp();
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
     } else {
-      compute_bitmap<SPW, NT, BF16>(stage, p, mt, acc, L);
+      if (full) compute_bitmap<SPW, NT, BF16, true>(stage, p, mt, acc, L);
+      else compute_bitmap<SPW, NT, BF16, false>(stage, p, mt, acc, L);
     }
   }
   cp_async_wait<0>();
