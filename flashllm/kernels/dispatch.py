@@ -54,30 +54,34 @@ def _device_props(index: int) -> tuple[int, tuple[int, int]]:
 @functools.lru_cache(maxsize=4096)
 def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int,
                   spw: int | None = None, stages: int | None = None, split: int | None = None) -> Config:
-    """Tile config from the problem size alone (rules read off a sweep on an H200, see NOTES.md).
+    """Tile config from the problem size alone (rules read off sweeps on an H200: see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
-    - spw: bitmap: one block per CTA up to 32 tokens, two at 64 (each X fragment feeds twice the MMAs);
-      tiled_csl: always two (its shared-memory pipe is the limit, and X fragments are shared).
-    - stages: as deep as fits while 8 CTAs share an SM (bytes in flight hide HBM latency).
-    - split: K slices, up to 8, each streaming >= 12 blocks: many small CTAs keep every SM's
-      schedulers busy, which matters more than the fp32 partials they write.
+    - spw (64-row blocks per CTA; warp w decodes strip w of each): bitmap takes two once N > 8 (two
+      independent decode chains per warp, X fragments shared); Tiled-CSL takes two only for small
+      blocks (<= 4 KB, i.e. high sparsity), where its dense-tile work per block is light.
+    - stages: 2 - a shallow ring leaves shared memory for more resident CTAs, which hides latency
+      better than depth here.
+    - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
+      SM's schedulers busy, which matters more than the fp32 partials they write.
     """
     mb, kb = -(-m // BLOCK), -(-k // BLOCK)
     nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     if spw is None:
-        spw = 1 if (nt <= 4 and fmt == "bitmap") else 2
+        if fmt == "bitmap":
+            spw = 1 if nt == 1 else 2
+        else:
+            spw = 2 if stage_w <= 4096 else 1
         while spw > 1 and -(-mb // spw) * n_tiles < sms:
             spw //= 2
     stage_bytes = spw * stage_w + nt * 8 * 128
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else 0
     if stages is None:
-        budget = SMEM_PER_SM // 8 - dense
-        stages = max([s for s in STAGE_CHOICES if s * stage_bytes <= budget] or [2])
+        stages = 2
     if split is None:
-        split = max(1, min(8, kb // 12))
+        split = max(1, min(4 if nt == 8 else 8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)
     smem = stages * stage_bytes + dense + spw * (kb_per_split + 1) * 8  # + the CTA's block offsets
