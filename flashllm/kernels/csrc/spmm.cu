@@ -56,31 +56,33 @@ struct BitmapLane {
   u32 rot_lo, rot_hi;  // rotate amounts that bring bit 2hl to bit 7 and bit 2hl+1 to bit 15
 };
 
-// Plain C++ loads (not volatile asm) so the compiler may hoist and interleave them: the fragment loop
-// is latency-bound, and independent loads in flight are what hide it.
-__device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, const u8*& base) {
-  const u8* at = base + 2 * __popc(word & L.below_incl);
-  u32 lo = *(const u16*)at, hi = *(const u16*)(at + 2);
+__device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& base) {
+  u32 c = __popc(word & L.below_incl);
+  u32 addr = base + 2 * c;
+  u16 lo, hi;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(lo) : "r"(addr));
+  asm volatile("ld.shared.u16 %0, [%1+2];\n" : "=h"(hi) : "r"(addr));
   u32 r7 = __funnelshift_l(word, word, L.rot_lo);
   u32 r15 = __funnelshift_l(word, word, L.rot_hi);
   u32 keep;  // bytes 0,1 <- sign of r7.b0 (selector 8); bytes 2,3 <- sign of r15.b1 (selector 8|5)
   asm("prmt.b32 %0, %1, %2, 0xDD88;\n" : "=r"(keep) : "r"(r7), "r"(r15));
   base += 2 * __popc(word);
-  return (lo | (hi << 16)) & keep;
+  return ((u32)lo | ((u32)hi << 16)) & keep;
 }
 
 template <int SPW, int NT, bool BF16, bool FULL>
-__device__ __forceinline__ void compute_bitmap(u32 stage, const u8* stage_ptr, const Params& p, int mt,
-                                               float (&acc)[SPW][NT][4], const BitmapLane& L) {
+__device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int mt, float (&acc)[SPW][NT][4],
+                                               const BitmapLane& L) {
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = lane >> 4;
   u32 xs = stage + SPW * p.stage_w_bytes;
-  const u8* base[SPW];
+  u32 base[SPW];
 #pragma unroll
   for (int j = 0; j < SPW; j++) {
-    const u8* blk = stage_ptr + j * p.stage_w_bytes;
+    u32 blk = stage + j * p.stage_w_bytes;
     int stream = 2 * warp + h;
-    u32 start = stream > 0 ? ((const u16*)blk)[stream - 1] : 0u;
-    base[j] = blk + 528 + 2 * start - 2;
+    u32 start = 0;
+    if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
+    base[j] = blk + 528 + 2 * (start & 0xFFFF) - 2;
   }
 #pragma unroll
   for (int f = 0; f < 4; f++) {
@@ -89,12 +91,15 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, const u8* stage_ptr, c
 #pragma unroll
     for (int j = 0; j < SPW; j++) {
       if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
-      uint4 w = *(const uint4*)(stage_ptr + j * p.stage_w_bytes + 16 + (((warp * 4 + f) * 2 + h) << 4));
+      u32 blk = stage + j * p.stage_w_bytes;
+      u32 w0, w1, w2, w3;
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
       u32 a[4];
-      a[0] = decode_reg(w.x, L, base[j]);
-      a[1] = decode_reg(w.y, L, base[j]);
-      a[2] = decode_reg(w.z, L, base[j]);
-      a[3] = decode_reg(w.w, L, base[j]);
+      a[0] = decode_reg(w0, L, base[j]);
+      a[1] = decode_reg(w1, L, base[j]);
+      a[2] = decode_reg(w2, L, base[j]);
+      a[3] = decode_reg(w3, L, base[j]);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
     }
@@ -213,9 +218,8 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
       __syncwarp();
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
     } else {
-      const u8* stage_ptr = smem + (it % STAGES) * stage_bytes;
-      if (full) compute_bitmap<SPW, NT, BF16, true>(stage, stage_ptr, p, mt, acc, L);
-      else compute_bitmap<SPW, NT, BF16, false>(stage, stage_ptr, p, mt, acc, L);
+      if (full) compute_bitmap<SPW, NT, BF16, true>(stage, p, mt, acc, L);
+      else compute_bitmap<SPW, NT, BF16, false>(stage, p, mt, acc, L);
     }
   }
   cp_async_wait<0>();
@@ -275,7 +279,7 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     L.rot_hi = (14u - 2u * hl) & 31u;
     int stream = 2 * warp + h;
     u32 start = stream > 0 ? ((const u16*)stage)[stream - 1] : 0;
-    const u8* base = stage + 528 + 2 * start - 2;
+    u32 base = st + 528 + 2 * start - 2;
 #pragma unroll
     for (int f = 0; f < 4; f++) {
       uint4 w = *(const uint4*)(stage + 16 + (((warp * 4 + f) * 2 + h) << 4));
