@@ -173,7 +173,7 @@ class Generator:
         st.done.zero_()
         slots = torch.arange(t, device=self.device)
         logits = self.model(tokens, slots, st.starts, self._attn_len(t))
-        self._emit(st, sample(logits.float(), sampling), stop, pad)
+        self._emit(st, self._sample(logits, sampling), stop, pad)
         st.slot.fill_(t)
         st.next_slot = t
         return st.tok
@@ -202,8 +202,15 @@ class Generator:
     def _decode(self, st: _DecodeState, key: _StepKey) -> None:
         """One decode step, entirely on the device: the body of the CUDA graph."""
         logits = self.model(st.tok[:, None], st.slot, st.starts, key.attn_len)
-        self._emit(st, sample(logits.float(), key.sampling), key.stop, key.pad)
+        self._emit(st, self._sample(logits, key.sampling), key.stop, key.pad)
         st.slot.add_(1)
+
+    def _sample(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        nxt = sample(logits.float(), sampling)
+        tp = self.model.tp
+        if tp is not None and not sampling.greedy:  # tensor-parallel ranks draw apart: the first rank's draw wins
+            tp.broadcast(nxt)
+        return nxt
 
     def _emit(self, st: _DecodeState, nxt: torch.Tensor, stop: tuple, pad: int) -> None:
         if stop:

@@ -144,10 +144,15 @@ class BuildReport:
 
 def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "auto", device=None,
                  dtype: torch.dtype = torch.float16, seed: int = 0, n_layers: int | None = None,
-                 std: float = 0.02, progress: bool = False) -> tuple[Transformer, BuildReport]:
+                 std: float = 0.02, progress: bool = False, tp_rank: int = 0, tp_world: int | None = None,
+                 tp_group=None) -> tuple[Transformer, BuildReport]:
     """A model with N(0, std) weights; with sparsity > 0, each block linear is pruned by a uniformly
     random mask and compressed where it was drawn, before the next one is drawn, so peak memory is
-    the compressed model plus one dense layer. lm_head and the embeddings stay dense."""
+    the compressed model plus one dense layer. lm_head and the embeddings stay dense.
+
+    tp_world: build only rank tp_rank's part of a tensor-parallel model (see `tp.py`); its block
+    weights are drawn per KV-head-sized unit, the same for every tp_world (1 included), so they
+    differ from those of tp_world=None for the same seed."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     args = preset(args, n_layers) if isinstance(args, str) else (args.replace(n_layers=n_layers) if n_layers else args)
@@ -157,6 +162,11 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
     started = time.perf_counter()
     with torch.device("meta"):
         model = Transformer(args)
+    draw = None
+    if tp_world is not None:
+        from .tp import RandomShards, shard_model
+        draw = RandomShards(args, tp_rank, tp_world, seed, std, device, dtype)
+        shard_model(model, tp_rank, tp_world, tp_group)  # the skeleton: rank-local shapes, heads, all-reduces
     formats, zeros, elements, dense_bytes = {}, 0, 0, 0
     modules = [(n, m) for n, m in model.named_modules() if not list(m.children())]
     from tqdm.auto import tqdm
@@ -166,7 +176,8 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
             dense_bytes += 0 if tied else module.weight.numel() * dtype.itemsize
             dense_bytes += module.bias.numel() * dtype.itemsize if module.bias is not None else 0
             if sparsity > 0 and name.startswith("layers."):
-                layer = _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std)
+                w = draw(name, sparsity) if draw is not None else None
+                layer = _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std, w)
                 formats[layer.weight.format] = formats.get(layer.weight.format, 0) + 1
                 zeros += layer.weight.shape[0] * layer.weight.shape[1] - layer.weight.nnz
                 elements += layer.weight.shape[0] * layer.weight.shape[1]
@@ -175,7 +186,8 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
                 layer.weight = model.embed_tokens.weight
             else:
                 layer = module
-                layer.weight = _param(torch.randn(module.weight.shape, device=device, dtype=dtype, generator=gen) * std)
+                layer.weight = _param(draw(name, 0.0) if draw is not None and name.startswith("layers.") else
+                                      torch.randn(module.weight.shape, device=device, dtype=dtype, generator=gen) * std)
                 if module.bias is not None:
                     layer.bias = _param(torch.zeros(module.bias.shape, device=device, dtype=dtype))
             parent, _, child = name.rpartition(".")
@@ -197,13 +209,15 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
     return model.eval(), report
 
 
-def _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std) -> SparseLinear:
+def _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std, w=None) -> SparseLinear:
     shape = module.weight.shape
-    w = torch.randn(shape, device=device, dtype=dtype, generator=gen).mul_(std)
-    # fp16 uniforms keep the mask's temporary at 2 bytes an element on the GPU (resolution 2^-11 near 1)
-    u = torch.rand(shape, device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32, generator=gen)
-    w.mul_(u >= sparsity)
-    del u
+    if w is None:  # else drawn and pruned already (a tensor-parallel shard)
+        w = torch.randn(shape, device=device, dtype=dtype, generator=gen).mul_(std)
+        # fp16 uniforms keep the mask's temporary at 2 bytes an element on the GPU (resolution 2^-11 near 1)
+        u = torch.rand(shape, device=device, dtype=torch.float16 if device.type == "cuda" else torch.float32,
+                       generator=gen)
+        w.mul_(u >= sparsity)
+        del u
     sw = compress(w, format=format, dtype=value_dtype)
     del w
     bias = _param(torch.zeros(module.bias.shape, device=device, dtype=dtype)) if module.bias is not None else None

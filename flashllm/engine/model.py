@@ -138,6 +138,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(args.word_dim, args.vocab_size, bias=False)
         self.rope_cos = self.rope_sin = None
         self.max_batch = self.max_seq = 0
+        self.tp = None  # a tp.TPInfo once tp.shard_model cut this model down to one rank's part
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +154,7 @@ class Transformer(nn.Module):
             raise ValueError(f"max_seq {max_seq} exceeds the model's {self.args.max_positions} positions")
         self.free_caches()
         for block in self.layers:
-            block.attn.kv_cache = KVCache(max_batch, self.args.n_kv_heads, max_seq, self.args.head_dim,
+            block.attn.kv_cache = KVCache(max_batch, block.attn.n_kv_heads, max_seq, self.args.head_dim,
                                           self.dtype, self.device)
         if self.args.family == "llama":
             self.rope_cos, self.rope_sin = rope_tables(max_seq, self.args.head_dim, self.args.rope_theta,

@@ -1,0 +1,148 @@
+"""Tensor parallelism on the CPU: two gloo ranks (torch.multiprocessing) against one process.
+
+One spawn runs every scenario (process start-up and imports dominate); each rank saves what it saw
+and the tests below check it: G=2 greedy tokens equal G=1's, and every shard is exactly its slice
+of the full (pruned) weight, compressed on its own.
+"""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine_models import PAD, PROMPTS, tiny_model
+from flashllm.engine import Generator, from_hf, random_model
+from flashllm.engine.tp import COLUMN, ROW, shard_model, shard_slice
+from flashllm.nn import SparseLinear
+
+WORLD = 2
+NEW = 10
+
+
+def engine_tokens(model, **kwargs):
+    return Generator(model, len(PROMPTS), 32).generate(PROMPTS, NEW, pad_token_id=PAD, **kwargs).tokens
+
+
+def dense_weight(linear):
+    return linear.weight.to_dense() if isinstance(linear, SparseLinear) else linear.weight.detach()
+
+
+def block_linears(model):
+    for i, block in enumerate(model.layers):
+        for name in COLUMN + ROW:
+            sub, child = name.split(".")
+            linear = getattr(getattr(block, sub), child)
+            if linear is not None:  # OPT has no gate_proj
+                yield f"layers.{i}.{name}", name, linear
+
+
+def shard_report(full, shard, rank):
+    """name -> (is SparseLinear, shard equals its slice of the full weight, bias as expected)."""
+    out = {}
+    shards = {n: m for n, _, m in block_linears(shard)}
+    for key, name, linear in block_linears(full):
+        dim, cut = shard_slice(full.args, name, rank, WORLD)
+        w = dense_weight(linear)
+        expected = (w[cut] if dim == 0 else w[:, cut]).to(torch.float16)
+        got = shards[key]
+        same = torch.equal(dense_weight(got).to(torch.float16), expected)
+        if linear.bias is None:
+            bias_ok = got.bias is None
+        elif dim == 0:
+            bias_ok = torch.equal(got.bias, linear.bias[cut])
+        else:
+            bias_ok = torch.equal(got.bias, linear.bias) if rank == 0 else got.bias is None  # added once
+        out[key] = (isinstance(got, SparseLinear), same, bias_ok)
+    return out
+
+
+def fp16_valued_dense(kind):
+    """Dense weights with 60% zeros in the blocks, rounded to fp16 values so per-rank compression is lossless."""
+    hf = tiny_model(kind, sparsity=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 2 and ".layers." in name:
+                p.mul_(torch.rand(p.shape, generator=g) >= 0.6)
+            p.copy_(p.half().float())
+    return hf
+
+
+def worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    result = {}
+    try:
+        for kind in ("opt", "llama"):
+            for path, hf in (("sparse", tiny_model(kind)), ("dense", fp16_valued_dense(kind))):
+                full = from_hf(hf)
+                shard = shard_model(from_hf(hf), rank, WORLD)
+                result[kind, path] = dict(g1=engine_tokens(full), g2=engine_tokens(shard),
+                                          sampled=engine_tokens(shard, temperature=1.0, seed=rank),
+                                          shards=shard_report(full, shard, rank))
+        for preset in ("opt-tiny", "llama-tiny"):
+            build = dict(sparsity=0.5, device="cpu", dtype=torch.float32, std=0.1, n_layers=2)
+            full, _ = random_model(preset, tp_world=1, **build)
+            shard, _ = random_model(preset, tp_rank=rank, tp_world=WORLD, **build)
+            result[preset, "random"] = dict(g1=engine_tokens(full), g2=engine_tokens(shard),
+                                            shards=shard_report(full, shard, rank))
+    finally:
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tp")
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+CASES = [("opt", "sparse"), ("opt", "dense"), ("llama", "sparse"), ("llama", "dense"),
+         ("opt-tiny", "random"), ("llama-tiny", "random")]
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_two_ranks_give_the_greedy_tokens_of_one(ranks, case):
+    for rank in ranks:
+        assert rank[case]["g2"].shape[1] == NEW >= 8
+        assert torch.equal(rank[case]["g2"], rank[case]["g1"])
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_each_shard_is_its_slice_compressed_on_its_own(ranks, case):
+    for rank in ranks:
+        shards = rank[case]["shards"]
+        assert len(shards) == 2 * (6 if case[0].startswith("opt") else 7)
+        for name, (sparse, same, bias_ok) in shards.items():
+            assert sparse, f"{name} is not a SparseLinear"  # dense zeros-holding slices compressed per rank
+            assert same, f"{name} differs from its slice of the full weight"
+            assert bias_ok, f"{name}: bias not split as expected"
+
+
+def test_sampled_tokens_agree_across_ranks(ranks):
+    """Each rank seeds its own generator differently; the first rank's draw is broadcast."""
+    for case in CASES[:4]:
+        assert torch.equal(ranks[0][case]["sampled"], ranks[1][case]["sampled"])
+
+
+def test_world_one_is_the_plain_engine():
+    hf = tiny_model("opt")
+    model = from_hf(hf)
+    assert shard_model(model, 0, 1) is model and model.tp is None
+
+
+def test_heads_must_divide():
+    hf = tiny_model("llama")  # 4 heads, 2 KV heads
+    with pytest.raises(ValueError, match="n_kv_heads 2"):
+        shard_model(from_hf(hf), 0, 4)
