@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     generate.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                           help="decode eagerly on a GPU instead of replaying a CUDA graph")
+    generate.add_argument("--tp", type=int, default=1, metavar="G",
+                          help="tensor parallelism over G processes (one GPU each; gloo on the CPU), started "
+                          "through torchrun unless already inside a torchrun worker (default 1)")
     _add_device_dtype(generate)
     generate.set_defaults(run=run_generate)
 
@@ -148,6 +151,10 @@ def run_generate(args) -> int:
     from flashllm.engine import supports
     from flashllm.models import from_pretrained
 
+    if args.tp < 1:
+        raise ValueError(f"--tp must be >= 1, got {args.tp}")
+    if args.tp > 1:
+        return _generate_tensor_parallel(args)
     model = from_pretrained(args.dir, device=_device(args.device), dtype=_dtype(args.dtype))
     if not hasattr(model, "generate") or not model.can_generate():
         raise ValueError(f"{args.dir} holds a {type(model).__name__}, which cannot generate text")
@@ -167,16 +174,59 @@ def run_generate(args) -> int:
     return 0
 
 
-def _generate_with_engine(model, tokenizer, args) -> str:
-    from flashllm.engine import Generator, from_hf
+def _generate_tensor_parallel(args) -> int:
+    """--tp G > 1: outside torchrun, start G ranks of this same command through torch.distributed.run;
+    inside a worker, load only this rank's shard and generate, rank 0 printing the text."""
+    from pathlib import Path
+
+    from flashllm.engine import supports
+    from flashllm.engine.tp import in_worker, init_tp, load_sharded, relaunch, worker_world
+    from flashllm.models.checkpoint import load_config
+
+    if not supports(load_config(Path(args.dir))):  # fail before starting any process
+        raise ValueError(f"--tp needs a model flashllm's engine runs (OPT, Llama, Mistral, Qwen2): {args.dir}")
+    if not in_worker():
+        return relaunch("flashllm.cli", args.argv, args.tp)
+    import torch.distributed as dist
+
+    worker_world(args.tp)
+    backend = "gloo" if args.device is not None and args.device.startswith("cpu") else None
+    rank, world, device = init_tp(backend)
+    try:
+        model = load_sharded(args.dir, rank, world, device=device, dtype=_dtype(args.dtype))
+        text = _generate_with_engine(model, _tokenizer(args.dir), args, eos=_eos_token_id(Path(args.dir)))
+        if rank == 0:
+            print(text, flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _eos_token_id(root):
+    """eos_token_id of generation_config.json, else of config.json (None if neither has one)."""
+    from flashllm.models.checkpoint import read_json
+    for name in ("generation_config.json", "config.json"):
+        if (root / name).is_file():
+            eos = read_json(root / name).get("eos_token_id")
+            if eos is not None:
+                return eos
+    return None
+
+
+def _generate_with_engine(model, tokenizer, args, eos=None) -> str:
+    """`model`: a transformers model (wrapped with from_hf) or an engine Transformer (a tensor-parallel shard)."""
+    from flashllm.engine import Generator, Transformer, from_hf
 
     ids = tokenizer(args.prompt)["input_ids"]
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
     stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops or [0])[0]
-    generator = Generator(from_hf(model), 1, len(ids) + args.max_new_tokens,
+    engine = model if isinstance(model, Transformer) else from_hf(model)
+    generator = Generator(engine, 1, len(ids) + args.max_new_tokens,
                           cuda_graph=None if args.cuda_graph else False)
     out = generator.generate([ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, stop_tokens=stops, pad_token_id=pad, seed=args.seed)
@@ -201,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         return run_delegated(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what a tensor-parallel `generate --tp G` re-runs in each of its G processes
     try:
         return args.run(args)
     except BrokenPipeError:  # output piped into `head`; silence Python's flush at exit, as its docs advise

@@ -9,6 +9,12 @@ Per row: tokens/s (= tokens per GPU-second on one GPU), ms per decode step, pref
 (weights, KV cache, workspace = peak - weights - KV cache, peak) and the weight-bytes roofline of a
 decode step: the bytes one step reads (compressed where compressed) over the measured copy bandwidth.
 Prints a table, writes JSON and a PNG with --out.
+
+With --tp G the engine variants run tensor-parallel over G GPUs (G > 1 re-launches the command through
+torchrun, one process per GPU; rank 0 prints and writes): every rank builds only its own shard, with
+weights that do not depend on G (so `--tp 1` and `--tp 2` run the same network), and `hf` is skipped.
+Rows then also give tokens per GPU-second (tokens/s / G) and the all-reduce time per decode step:
+2 per layer on the step's [batch, dim] activation, timed on their own (CUDA events on a GPU).
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import contextlib
 import json
+import os
 import platform
+import sys
 import statistics
 import time
 from datetime import date
@@ -27,6 +36,7 @@ import torch
 
 from flashllm.engine import Generator, from_hf, preset, random_model, to_hf_config
 from flashllm.engine.presets import PRESETS
+from flashllm.engine.tp import in_worker, init_tp, relaunch, time_all_reduce, worker_world
 
 GB = 1e9
 
@@ -81,8 +91,11 @@ def row(variant, sparsity, fmt, batch, a, **fields) -> dict:
                 **fields)
 
 
-def finish_row(r: dict, step_bytes: int, copy_bw: float, weights: int, kv: int, peak: int | None) -> dict:
-    r["tokens_per_gpu_s"] = r["tokens_per_s"]  # one GPU
+def finish_row(r: dict, step_bytes: int, copy_bw: float, weights: int, kv: int, peak: int | None,
+               gpus: int = 1) -> dict:
+    """weights, kv, peak, step_bytes: one GPU's (rank 0's under tensor parallelism)."""
+    r["gpus"] = gpus
+    r["tokens_per_gpu_s"] = r["tokens_per_s"] / gpus
     r["step_bytes_GB"] = step_bytes / GB
     r["roofline_ms"] = 1e3 * step_bytes / copy_bw
     r["step_over_roofline"] = r["ms_per_step"] / r["roofline_ms"]
@@ -97,7 +110,9 @@ def finish_row(r: dict, step_bytes: int, copy_bw: float, weights: int, kv: int, 
 def measure_engine(model, prompts, a, device, variant, sparsity, fmt, copy_bw, extra=None) -> dict:
     b = prompts.shape[0]
     r = row(variant, sparsity, fmt, b, a, **(extra or {}))
-    need = kv_cache_bytes(model.args, b, a.prompt + a.new, model.dtype) + activation_margin(model.args, b, a.prompt)
+    world = getattr(a, "world", 1)
+    need = kv_cache_bytes(model.args, b, a.prompt + a.new, model.dtype) // world \
+        + activation_margin(model.args, b, a.prompt)
     free_memory(device)
     if need > free_bytes(device):
         return {**r, "note": f"skipped: needs ~{need / GB:.1f} GB more, {free_bytes(device) / GB:.1f} GB free"}
@@ -111,8 +126,11 @@ def measure_engine(model, prompts, a, device, variant, sparsity, fmt, copy_bw, e
         r.update(tokens_per_s=best.tokens_per_second, ms_per_step=best.ms_per_step,
                  ms_per_token=1e3 * best.seconds / a.new, prefill_ms=1e3 * best.prefill_seconds,
                  seconds=best.seconds, cuda_graphs=len(gen.graphs))
+        if world > 1:  # the step's 2 all-reduces per layer, on their own
+            ar = time_all_reduce((b, 1, model.args.dim), model.dtype, device, 2 * model.args.n_layers)
+            r.update(allreduce_ms_per_step=1e3 * ar, allreduce_share=1e3 * ar / best.ms_per_step)
         return finish_row(r, model.weight_nbytes(per_step=True), copy_bw, model.weight_nbytes(), kv,
-                          peak_bytes(device))
+                          peak_bytes(device), world)
     except torch.OutOfMemoryError as e:
         return {**r, "note": f"out of memory: {str(e).splitlines()[0][:120]}"}
     finally:
@@ -189,10 +207,29 @@ def run_dense(args, prompts, a, device, dtype, copy_bw) -> list[dict]:
     return rows
 
 
+def tp_kwargs(a) -> dict:
+    """random_model's tensor-parallel arguments: with --tp (any G, 1 included) the weights drawn per
+    KV-head-sized unit, the same network for every G."""
+    return dict(tp_rank=a.rank, tp_world=a.world) if a.tp else {}
+
+
+def run_dense_tp(args, prompts, a, device, dtype, copy_bw) -> list[dict]:
+    """--tp: our dense engine on this rank's dense shard, built per rank (no HF model: it cannot be sharded)."""
+    free_memory(device)
+    model, built = random_model(args, sparsity=0.0, device=device, dtype=dtype, seed=0, **tp_kwargs(a))
+    print(f"# dense {dtype}, tp {a.world}: {built}", flush=True)
+    rows = [report(measure_engine(model, prompts[:b], a, device, "dense", 0.0, "dense", copy_bw,
+                                  dict(build_s=built.seconds))) for b in a.batch]
+    del model
+    free_memory(device)
+    return rows
+
+
 def run_sparse(args, prompts, a, device, dtype, copy_bw, sparsity) -> list[dict]:
     free_memory(device)
     try:
-        model, built = random_model(args, sparsity=sparsity, format=a.format, device=device, dtype=dtype, seed=0)
+        model, built = random_model(args, sparsity=sparsity, format=a.format, device=device, dtype=dtype, seed=0,
+                                    **tp_kwargs(a))
     except torch.OutOfMemoryError as e:
         free_memory(device)
         return [row(f"sparse-{sparsity:.0%}", sparsity, a.format, b, a, note=f"build out of memory: {e}"[:160])
@@ -219,10 +256,11 @@ def report(r: dict) -> dict:
     if "note" in r:
         print(f"{r['variant']:>10} batch {r['batch']:3d}: {r['note']}", flush=True)
     else:
+        ar = f"  all-reduce {r['allreduce_ms_per_step']:.2f} ms/step" if "allreduce_ms_per_step" in r else ""
         print(f"{r['variant']:>10} batch {r['batch']:3d}: {r['tokens_per_s']:9.1f} tok/s  "
               f"{r['ms_per_step']:8.2f} ms/step "
-              f"(roofline {r['roofline_ms']:.2f}, x{r['step_over_roofline']:.2f})  prefill {r['prefill_ms']:8.1f} ms",
-              flush=True)
+              f"(roofline {r['roofline_ms']:.2f}, x{r['step_over_roofline']:.2f})  prefill {r['prefill_ms']:8.1f} ms"
+              + ar, flush=True)
     return r
 
 
@@ -232,9 +270,10 @@ def summarize(result: dict) -> str:
     rows = result["rows"]
     base = {(r["variant"], r["batch"]): r for r in rows if "note" not in r}
     head = (f"## {result['model']} on {result['device']}: prompt {result['prompt']}, "
-            f"{result['new_tokens']} new tokens, {result['dtype']}; copy bandwidth {result['copy_bw_GBs']:.0f} GB/s")
-    cols = ["variant", "batch", "tok/s", "ms/step", "roofline ms", "x roofline", "prefill ms", "weights GB",
-            "KV GB", "peak GB", "vs HF", "vs dense"]
+            f"{result['new_tokens']} new tokens, {result['dtype']}; copy bandwidth {result['copy_bw_GBs']:.0f} GB/s"
+            + (f"; tensor parallel over {result['gpus']} GPUs (memory per GPU)" if result.get("gpus", 1) > 1 else ""))
+    cols = ["variant", "batch", "tok/s", "tok/GPU-s", "ms/step", "all-reduce ms/step", "roofline ms", "x roofline",
+            "prefill ms", "weights GB", "KV GB", "peak GB", "vs HF", "vs dense"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "note" in r:
@@ -246,7 +285,9 @@ def summarize(result: dict) -> str:
             return f"{r['tokens_per_s'] / o['tokens_per_s']:.2f}x" if o and r["variant"] != other else ""
 
         peak = f"{r['peak_GB']:.1f}" if r["peak_GB"] is not None else "-"
-        lines.append(f"| {r['variant']} | {r['batch']} | {r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | "
+        ar = f"{r['allreduce_ms_per_step']:.3f}" if "allreduce_ms_per_step" in r else "-"
+        lines.append(f"| {r['variant']} | {r['batch']} | {r['tokens_per_s']:.1f} | {r['tokens_per_gpu_s']:.1f} | "
+                     f"{r['ms_per_step']:.2f} | {ar} | "
                      f"{r['roofline_ms']:.2f} | {r['step_over_roofline']:.2f} | {r['prefill_ms']:.1f} | "
                      f"{r['weights_GB']:.2f} | {r['kv_cache_GB']:.2f} | {peak} | {vs('hf')} | {vs('dense')} |")
     return "\n".join(lines)
@@ -301,7 +342,11 @@ def parse_args(argv):
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", help="decode eagerly")
     ap.add_argument("--reps", type=int, default=1, help="measured runs per row after the warm-up (best kept)")
     ap.add_argument("--out", default=None, help="directory for the JSON and PNG")
+    ap.add_argument("--tp", type=int, default=None, metavar="G",
+                    help="tensor parallelism over G GPUs (G > 1: started through torchrun); engine variants only")
     a = ap.parse_args(argv)
+    if a.tp is not None and a.tp < 1:
+        ap.error(f"--tp must be >= 1, got {a.tp}")
     a.batch = [int(b) for b in a.batch.split(",")]
     a.sparsities = [float(s) for s in a.sparsities.split(",") if s]
     a.variants = set(a.variants.split(","))
@@ -311,11 +356,35 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    bench(parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse_args(argv)
+    if a.tp and a.tp > 1 and not in_worker():
+        return relaunch("flashllm.bench.e2e", argv, a.tp)
+    bench(a)
     return 0
 
 
 def bench(a: argparse.Namespace) -> dict:
+    a.rank, a.world = 0, 1
+    if not (a.tp and a.tp > 1):
+        return _bench(a)
+    import torch.distributed as dist
+    worker_world(a.tp)
+    cpu = a.device is not None and a.device.startswith("cpu")
+    a.rank, a.world, device = init_tp("gloo" if cpu else None)
+    a.device = str(device)
+    try:
+        quiet = open(os.devnull, "w") if a.rank else None  # only rank 0 prints (and writes)
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            return _bench(a)
+    finally:
+        if quiet:
+            quiet.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _bench(a: argparse.Namespace) -> dict:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -330,22 +399,27 @@ def bench(a: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(4, args.vocab_size, (max(a.batch), a.prompt), generator=gen)
     rows = []
-    if a.variants & {"hf", "dense"}:
+    if a.tp:
+        if "hf" in a.variants:
+            print("# --tp: hf skipped (transformers' generate is not tensor-parallel here)", flush=True)
+        if "dense" in a.variants:
+            rows += run_dense_tp(args, prompts, a, device, dtype, copy_bw)
+    elif a.variants & {"hf", "dense"}:
         rows += run_dense(args, prompts, a, device, dtype, copy_bw)
     if "sparse" in a.variants:
         for s in a.sparsities:
             rows += run_sparse(args, prompts, a, device, dtype, copy_bw, s)
-    result = dict(model=a.model, layers=args.n_layers, args=args.to_dict(), device=name, gpus=1,
+    result = dict(model=a.model, layers=args.n_layers, args=args.to_dict(), device=name, gpus=a.world, tp=a.tp,
                   date=str(date.today()), torch=torch.__version__, host=platform.node(), dtype=a.dtype,
                   prompt=a.prompt, new_tokens=a.new, format=a.format, cuda_graph=a.cuda_graph and device.type == "cuda",
                   copy_bw_GBs=copy_bw / GB, rows=rows)
     table = summarize(result)
     print("\n" + table)
-    if a.out:
+    if a.out and a.rank == 0:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         device_tag = name.split("(")[0].strip().replace(" ", "_")
-        tag = f"e2e_{a.model}{f'-{a.layers}l' if a.layers else ''}_{device_tag}_{date.today()}"
+        tag = f"e2e_{a.model}{f'-{a.layers}l' if a.layers else ''}{f'_tp{a.tp}' if a.tp else ''}_{device_tag}_{date.today()}"
         (out / f"{tag}.json").write_text(json.dumps(result, indent=1))
         (out / f"{tag}.md").write_text(table + "\n")
         plot(result, out / f"{tag}.png")

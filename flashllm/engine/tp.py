@@ -17,7 +17,8 @@ so every shard is a valid SparseWeight of its own. Three ways to get a rank's mo
                                                   random_model): SparseLinears are decompressed, sliced
                                                   and recompressed in their format; dense linears holding
                                                   zeros are compressed per rank (sparsity_threshold)
-  load_sharded(path, rank, world)                 a checkpoint, loaded dense on this rank, then sharded
+  load_sharded(path, rank, world)                 a checkpoint, reading only this rank's slices (dense
+                                                  safetensors via get_slice; compressed layers one at a time)
   random_model(preset, tp_rank=r, tp_world=G)     builds only this rank's slices; the weights do not depend
                                                   on G (drawn per KV-head-sized unit), so G=1 and G=2 runs
                                                   of one seed are the same network
@@ -213,10 +214,182 @@ def init_tp(backend: str | None = None) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def in_worker() -> bool:
+    """True inside a torchrun worker (RANK / WORLD_SIZE set in the environment)."""
+    return "RANK" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def relaunch(module: str, argv: list[str], nproc: int) -> int:
+    """Run `python -m module *argv` as `nproc` ranks through torch.distributed.run (torchrun --standalone),
+    in the environment as it is (NCCL_* / TORCH_* pass through untouched). Returns 0, or 1 if a rank failed."""
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    try:
+        run.main(["--standalone", f"--nproc-per-node={nproc}", "-m", module, *argv])
+    except ChildFailedError as e:
+        print(f"tensor-parallel run failed: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def worker_world(expected: int) -> tuple[int, int]:
+    """(rank, world) of this torchrun worker, checking that world is the --tp the user asked for."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world != expected:
+        raise ValueError(f"--tp {expected} inside a torchrun job of {world} processes")
+    return rank, world
+
+
+def time_all_reduce(shape, dtype: torch.dtype, device: torch.device, count: int, group=None,
+                    reps: int = 20, warmup: int = 5) -> float:
+    """Seconds that `count` all-reduces of a tensor of `shape` take (a decode step's collectives: two per
+    layer on a [batch, dim] activation), median over `reps`; CUDA events on a GPU, perf_counter elsewhere.
+    0 when no process group is up (one rank)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return 0.0
+    t = torch.zeros(shape, dtype=dtype, device=device)
+    for _ in range(warmup):
+        dist.all_reduce(t, group=group)
+    times = []
+    cuda = device.type == "cuda"
+    for _ in range(reps):
+        dist.barrier(group=group, **({"device_ids": [device.index]} if cuda and device.index is not None else {}))
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(count):
+                dist.all_reduce(t, group=group)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(count):
+                dist.all_reduce(t, group=group)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def load_sharded(path, rank: int, world: int, group=None, device=None, dtype=None, format: str = "auto",
                  sparsity_threshold: float | None = 0.3):
-    """A checkpoint loaded dense on this rank, then sharded (each rank compresses only its slices).
-    Every rank briefly holds the full dense model: a loader reading only the rank's slices is future work."""
+    """This rank's part of a checkpoint directory, read rank-locally: a dense (or dense-with-zeros)
+    checkpoint's block linears are read slice by slice from safetensors (`get_slice`), so no rank ever
+    holds another rank's part; a flashllm compressed layer is read whole, decompressed, sliced and
+    recompressed in its own format, one layer at a time; a compressed-tensors bitmask layer is decoded
+    whole, then sliced. A block-linear slice with at least `sparsity_threshold` zeros is compressed in
+    `format` (None: never); everything else (embeddings, norms, lm_head) is replicated. Gives the model
+    `shard_model(load_model(path, sparsity_threshold=None), ...)` gives, without the full dense model."""
+    if world == 1:
+        return load_dense_then_shard(path, rank, world, group, device, dtype, format, sparsity_threshold)
+    from pathlib import Path
+
+    from ..models import checkpoint as ck
+    from ..models import compressed_tensors as ct
+    from .load import _adopt, _check_loaded, _get, hf_module_names
+    from .model import Transformer
+
+    root = Path(path)
+    if not (root / ck.CONFIG_NAME).is_file():
+        raise ck.CheckpointError(f"{root}: not a checkpoint directory (no {ck.CONFIG_NAME})")
+    config_dict = ck.read_json(root / ck.CONFIG_NAME)
+    kind = ck.checkpoint_kind(config_dict)
+    config = ck.load_config(root)
+    args = ModelArgs.from_hf_config(config)
+    check_tp(args, world)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside [0, {world})")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = ck._resolve_dtype(dtype)
+    hf = ck.build_skeleton(config, dtype)
+
+    # The skeleton's block linears become rank-sized meta linears; cuts: parameter -> (dim, range, full shape).
+    names = hf_module_names(args)
+    cuts, block, rows = {}, set(), []
+    for i in range(args.n_layers):
+        for name in COLUMN + ROW:
+            theirs = names.get(f"layers.{i}.{name}")
+            old = _get(hf, theirs) if theirs else None
+            if old is None:
+                continue
+            dim, cut = shard_slice(args, name, rank, world)
+            out_f, in_f = old.out_features, old.in_features
+            shape = (cut.stop - cut.start, in_f) if dim == 0 else (out_f, cut.stop - cut.start)
+            parent, _, child = theirs.rpartition(".")
+            setattr(hf.get_submodule(parent), child, nn.Linear(shape[1], shape[0], bias=old.bias is not None,
+                                                               device="meta", dtype=old.weight.dtype))
+            cuts[theirs + ".weight"] = (dim, cut, (out_f, in_f))
+            if dim == 0 and old.bias is not None:
+                cuts[theirs + ".bias"] = (0, cut, (out_f,))
+            block.add(theirs)
+            if dim == 1 and rank != 0:
+                rows.append(theirs)  # row-parallel bias: added on rank 0 only
+
+    def slice_full(target: str, t):
+        """t sliced to this rank when it is a full-size block-linear tensor; else t."""
+        if target not in cuts or t is None:
+            return t
+        dim, cut, full = cuts[target]
+        if tuple(t.shape) != full:
+            return t
+        return t[cut] if dim == 0 else t[:, cut]
+
+    class RankShards(ck.Shards):
+        def get(self, name):
+            target = loader.model_name(name) if loader is not None else None
+            if target not in cuts or tuple(self.shape(name)) != cuts[target][2]:
+                return super().get(name)
+            dim, cut, _ = cuts[target]
+            path = self.location[name]
+            try:
+                part = self._open(path).get_slice(name)
+                return (part[cut.start:cut.stop] if dim == 0 else part[:, cut.start:cut.stop]).contiguous()
+            except Exception as e:
+                raise ck.CheckpointError(f"{path}: cannot read tensor {name!r}: {e}") from e
+
+    class RankLoader(ck._Loader):
+        def install(self, module_name, weight, source):
+            full = cuts.get(module_name + ".weight")
+            if full is not None and tuple(weight.shape) == full[2]:  # a whole compressed layer: slice it
+                dense = slice_full(module_name + ".weight", weight.to_dense())
+                from ..formats import compress
+                weight = compress(dense.contiguous(), format=weight.format, dtype=weight.dtype)
+            super().install(module_name, weight, source)
+
+        def _dense_item(self, name, read, source, eligible, threshold, unexpected):
+            target = self.model_name(name)
+            super()._dense_item(name, lambda: slice_full(target, read()), source, eligible, threshold, unexpected)
+
+    loader = None
+    shards = RankShards(root)
+    loader = RankLoader(hf, shards, device, dtype, "auto" if kind == ck.PRODUCER else format)
+    if kind == ck.PRODUCER:
+        loader.load_flashllm(config_dict[ck.SPARSITY_KEY], root / ck.CONFIG_NAME)
+    else:
+        loader.load_dense(kind == ct.BITMASK, lambda name, module: sparsity_threshold is not None and name in block,
+                          sparsity_threshold)
+    loader.finish()
+    for theirs in rows:
+        hf.get_submodule(theirs).bias = None
+
+    info = TPInfo(rank, world, group)
+    with torch.device("meta"):
+        model = Transformer(args)
+    shard_model(model, rank, world, group)  # the skeleton: rank-local shapes, heads, all-reduce hooks
+    for ours, theirs in names.items():
+        target = _get(model, ours)
+        if target is not None:
+            _adopt(model, ours, target, _get(hf, theirs), theirs)
+    _check_loaded(model)
+    assert model.tp == info
+    return model.eval()
+
+
+def load_dense_then_shard(path, rank: int, world: int, group=None, device=None, dtype=None, format: str = "auto",
+                          sparsity_threshold: float | None = 0.3):
+    """The checkpoint loaded whole (dense block linears) on this rank, then sharded: every rank briefly
+    holds the full model. The reference `load_sharded` is checked against; world=1's loader."""
     from .load import load_model
     return shard_model(load_model(path, device=device, dtype=dtype, sparsity_threshold=None),
                        rank, world, group, format=format, sparsity_threshold=sparsity_threshold)

@@ -146,3 +146,94 @@ def test_heads_must_divide():
     hf = tiny_model("llama")  # 4 heads, 2 KV heads
     with pytest.raises(ValueError, match="n_kv_heads 2"):
         shard_model(from_hf(hf), 0, 4)
+
+
+# ------------------------------------------------------------------ `flashllm generate --tp 2` via torchrun
+
+def saved_model(tmp_path, kind, hf):
+    """`hf` saved with a word-level tokenizer, as `flashllm generate` expects."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from flashllm.models import save_pretrained
+    words = ["<unk>", "<pad>", "<eos>"] + [f"w{i}" for i in range(hf.config.vocab_size - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    out = tmp_path / kind
+    save_pretrained(hf, out, tokenizer=tokenizer)
+    return out
+
+
+def test_generate_command_with_tp_2_gives_the_text_of_tp_1(tmp_path):
+    """`flashllm generate --tp 2` re-launches itself through torchrun (2 gloo ranks on the CPU); rank 0
+    alone prints, and greedily continues the prompt exactly as one process does."""
+    import subprocess
+    import sys
+
+    path = saved_model(tmp_path, "opt", tiny_model("opt"))  # a compressed flashllm checkpoint
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1")
+    texts = []
+    for tp in (1, 2):
+        cmd = [sys.executable, "-m", "flashllm.cli", "generate", str(path), "--prompt", "w1 w2 w3",
+               "--max-new-tokens", "8", "--device", "cpu", "--tp", str(tp)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        texts.append(done.stdout.strip().splitlines())
+    assert len(texts[0]) == 1 and texts[0][0].startswith("w1 w2 w3") and len(texts[0][0].split()) > 3
+    assert texts[1] == texts[0]  # one line: rank 1 printed nothing
+
+
+# ------------------------------------------------------------------ rank-local checkpoint loading
+
+def engine_state(model):
+    """Every tensor of an engine model, SparseLinears as (dense values, format), by name."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            out[name + ".weight"] = (module.weight.to_dense(), module.weight.format, module.weight.dtype)
+            out[name + ".bias"] = module.bias
+        elif not list(module.children()):
+            for pname, p in module.named_parameters(recurse=False):
+                out[f"{name}.{pname}"] = p
+            if isinstance(module, torch.nn.Linear) and module.bias is None:
+                out[name + ".bias"] = None
+    return out
+
+
+@pytest.mark.parametrize("kind,stored", [("opt", "flashllm"), ("llama", "flashllm"), ("opt", "dense-zeros"),
+                                         ("llama", "dense-zeros"), ("llama", "dense")])
+def test_load_sharded_reads_slices_and_equals_load_then_shard(tmp_path, monkeypatch, kind, stored):
+    from flashllm.engine.tp import load_dense_then_shard, load_sharded
+    from flashllm.models import checkpoint as ck
+
+    if stored == "flashllm":
+        path = saved_model(tmp_path, kind, tiny_model(kind))  # compressed layers
+    else:
+        hf = fp16_valued_dense(kind) if stored == "dense-zeros" else tiny_model(kind, sparsity=0)
+        path = tmp_path / stored
+        hf.save_pretrained(path)  # plain transformers safetensors
+    whole_reads = []
+    get = ck.Shards.get
+    monkeypatch.setattr(ck.Shards, "get", lambda self, name: whole_reads.append(name) or get(self, name))
+    for rank in range(WORLD):
+        whole_reads.clear()
+        got = engine_state(load_sharded(path, rank, WORLD, device="cpu"))
+        rank_reads = list(whole_reads)
+        expected = engine_state(load_dense_then_shard(path, rank, WORLD, device="cpu"))
+        assert got.keys() == expected.keys()
+        for name, want in expected.items():
+            have = got[name]
+            if isinstance(want, tuple):
+                assert isinstance(have, tuple) and have[1:] == want[1:], name
+                assert torch.equal(have[0], want[0]), name
+            elif want is None:
+                assert have is None, name
+            else:
+                assert not isinstance(have, tuple) and have is not None, name
+                assert have.shape == want.shape and have.dtype == want.dtype and torch.equal(have, want), name
+        if stored != "flashllm":  # dense block linears come through get_slice only, never whole
+            assert not any(".layers." in n and n.endswith("proj.weight") or n.endswith(("fc1.weight", "fc2.weight"))
+                           for n in rank_reads), rank_reads
+            assert any(n.endswith("embed_tokens.weight") for n in rank_reads)
