@@ -180,27 +180,21 @@ def _generate_tensor_parallel(args) -> int:
     from pathlib import Path
 
     from flashllm.engine import supports
-    from flashllm.engine.tp import in_worker, init_tp, load_sharded, relaunch, worker_world
+    from flashllm.engine.tp import finish_worker, in_worker, init_tp, load_sharded, relaunch, worker_world
     from flashllm.models.checkpoint import load_config
 
     if not supports(load_config(Path(args.dir))):  # fail before starting any process
         raise ValueError(f"--tp needs a model flashllm's engine runs (OPT, Llama, Mistral, Qwen2): {args.dir}")
     if not in_worker():
         return relaunch("flashllm.cli", args.argv, args.tp)
-    import torch.distributed as dist
-
     worker_world(args.tp)
     backend = "gloo" if args.device is not None and args.device.startswith("cpu") else None
     rank, world, device = init_tp(backend)
-    try:
-        model = load_sharded(args.dir, rank, world, device=device, dtype=_dtype(args.dtype))
-        text = _generate_with_engine(model, _tokenizer(args.dir), args, eos=_eos_token_id(Path(args.dir)))
-        if rank == 0:
-            print(text, flush=True)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    model = load_sharded(args.dir, rank, world, device=device, dtype=_dtype(args.dtype))
+    text = _generate_with_engine(model, _tokenizer(args.dir), args, eos=_eos_token_id(Path(args.dir)))
+    if rank == 0:
+        print(text, flush=True)
+    finish_worker(0)  # an exception above propagates instead, and torchrun reports the failure
 
 
 def _eos_token_id(root):

@@ -36,7 +36,7 @@ import torch
 
 from flashllm.engine import Generator, from_hf, preset, random_model, to_hf_config
 from flashllm.engine.presets import PRESETS
-from flashllm.engine.tp import in_worker, init_tp, relaunch, time_all_reduce, worker_world
+from flashllm.engine.tp import finish_worker, in_worker, init_tp, relaunch, time_all_reduce, worker_world
 
 GB = 1e9
 
@@ -368,20 +368,14 @@ def bench(a: argparse.Namespace) -> dict:
     a.rank, a.world = 0, 1
     if not (a.tp and a.tp > 1):
         return _bench(a)
-    import torch.distributed as dist
     worker_world(a.tp)
     cpu = a.device is not None and a.device.startswith("cpu")
     a.rank, a.world, device = init_tp("gloo" if cpu else None)
     a.device = str(device)
-    try:
-        quiet = open(os.devnull, "w") if a.rank else None  # only rank 0 prints (and writes)
-        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-            return _bench(a)
-    finally:
-        if quiet:
-            quiet.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    quiet = open(os.devnull, "w") if a.rank else None  # only rank 0 prints (and writes)
+    with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        _bench(a)
+    finish_worker(0)  # an exception above propagates instead, and torchrun reports the failure
 
 
 def _bench(a: argparse.Namespace) -> dict:
