@@ -16,10 +16,12 @@ Bytes per element: 2(1-s) + 1/8 + ~0.008 (header, block pointer, 16-byte padding
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import SparseWeight, check_ptr, fail
-from .layout import BLOCK, from_blocks, padding_mask, stream_order, to_blocks
+from .layout import BLOCK, block_grid, from_blocks, padding_mask, stream_order, to_blocks
 
 TENSORS = ("data", "block_ptr")
 HEADER_BYTES = 16
@@ -107,8 +109,7 @@ def decode(w: SparseWeight) -> torch.Tensor:
 
 def validate(w: SparseWeight) -> None:
     data, ptr = w.tensors["data"], w.tensors["block_ptr"]
-    m, k = w.shape
-    nb = -(-m // BLOCK) * -(-k // BLOCK)
+    nb = math.prod(block_grid(w.shape))
     if data.dtype != torch.uint8 or data.dim() != 1:
         fail(f"bitmap data must be a 1-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
     check_ptr(ptr, "bitmap block_ptr", nb, data.numel(), 16)

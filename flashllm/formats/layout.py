@@ -46,10 +46,16 @@ def stream_order(device: torch.device | str = "cpu") -> torch.Tensor:
     return _stream_order().to(device)
 
 
+def block_grid(shape: tuple[int, int]) -> tuple[int, int]:
+    """(row blocks, K blocks) of a [M, K] matrix cut into 64x64 blocks, edges padded."""
+    m, k = shape
+    return -(-m // BLOCK), -(-k // BLOCK)
+
+
 def to_blocks(dense: torch.Tensor) -> torch.Tensor:
     """[M, K] -> [MB * KB, 4096] (blocks row-block-major, K-block fastest), zero-padded."""
     m, k = dense.shape
-    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    mb, kb = block_grid((m, k))
     padded = dense.new_zeros(mb * BLOCK, kb * BLOCK)
     padded[:m, :k] = dense
     return padded.view(mb, BLOCK, kb, BLOCK).permute(0, 2, 1, 3).reshape(mb * kb, BLOCK * BLOCK)
@@ -58,7 +64,7 @@ def to_blocks(dense: torch.Tensor) -> torch.Tensor:
 def from_blocks(blocks: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Inverse of `to_blocks`: [MB * KB, 4096] -> [M, K]."""
     m, k = shape
-    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    mb, kb = block_grid(shape)
     full = blocks.view(mb, kb, BLOCK, BLOCK).permute(0, 2, 1, 3).reshape(mb * BLOCK, kb * BLOCK)
     return full[:m, :k].contiguous()
 
@@ -66,7 +72,7 @@ def from_blocks(blocks: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 def padding_mask(shape: tuple[int, int], device) -> torch.Tensor:
     """[MB * KB, 4096] bool: True where a block position lies outside the [M, K] matrix."""
     m, k = shape
-    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    mb, kb = block_grid(shape)
     rows = torch.arange(mb * BLOCK, device=device).view(mb, 1, BLOCK, 1) >= m
     cols = torch.arange(kb * BLOCK, device=device).view(1, kb, 1, BLOCK) >= k
     return (rows | cols).reshape(mb * kb, BLOCK * BLOCK)

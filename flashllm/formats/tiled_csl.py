@@ -17,10 +17,12 @@ into those slots, so the 32 lanes of one store hit 32 different banks whenever t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import SparseWeight, check_ptr, fail
-from .layout import BLOCK, from_blocks, padding_mask, to_blocks
+from .layout import BLOCK, block_grid, from_blocks, padding_mask, to_blocks
 
 TENSORS = ("words", "tile_ptr")
 CHUNK = 128  # words one warp stores per round: 32 lanes x 4-word vectors
@@ -111,8 +113,7 @@ def decode(w: SparseWeight) -> torch.Tensor:
 
 def validate(w: SparseWeight) -> None:
     words, ptr = w.tensors["words"], w.tensors["tile_ptr"]
-    m, k = w.shape
-    n_tiles = -(-m // BLOCK) * -(-k // BLOCK)
+    n_tiles = math.prod(block_grid(w.shape))
     if words.dtype != torch.int32 or words.dim() != 1:
         fail(f"tiled_csl words must be a 1-D int32 tensor, got {words.dtype} {tuple(words.shape)}")
     check_ptr(ptr, "tiled_csl tile_ptr", n_tiles, words.numel(), 4)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import SparseWeight
-from ..formats.layout import BLOCK
+from ..formats.layout import BLOCK, block_grid
 from . import jit
 
 THREADS = 128
@@ -65,7 +65,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
       SM's schedulers busy, which matters more than the fp32 partials they write.
     """
-    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    mb, kb = block_grid((m, k))
     nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
@@ -97,7 +97,7 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor) -> N
     sms, cap = _device_props(dev)
     bf16 = w.dtype == torch.bfloat16
     kernel = jit.get_kernel(cfg.name(w.format, bf16), dev, cap)
-    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    mb, kb = block_grid((m, k))
     partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
     data = w.tensors["data"] if w.format == "bitmap" else w.tensors["words"]
     ptr = w.tensors["block_ptr"] if w.format == "bitmap" else w.tensors["tile_ptr"]
@@ -176,7 +176,7 @@ def all_variants() -> list[str]:
 def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> torch.Tensor:
     """Rows [64*mb0, 64*mb1) of W as a dense tensor, one kernel launch, no host sync (graph-safe)."""
     m, k = w.shape
-    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    mb, kb = block_grid((m, k))
     mb1 = mb if mb1 is None else mb1
     rows = min(m, mb1 * BLOCK) - mb0 * BLOCK
     out = torch.empty((rows, k), dtype=w.dtype, device=w.device)
