@@ -25,6 +25,7 @@ PRESETS = {
     "opt-tiny": opt(256, 2, 4, 1024, vocab=1024, positions=512),
     "llama-tiny": llama(256, 2, 4, 2, 512, vocab=1024, positions=512),
     "opt-1.3b": opt(2048, 24, 32, 8192),
+    "opt-6.7b": opt(4096, 32, 32, 16384),
     "opt-13b": opt(5120, 40, 40, 20480),
     "opt-30b": opt(7168, 48, 56, 28672),
     "opt-66b": opt(9216, 64, 72, 36864),

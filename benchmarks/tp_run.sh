@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Tensor-parallel runs on a 2-GPU device (nvidia-h200-x2); JSON/MD/PNG go to $OUT.
+#   bash benchmarks/tp_run.sh tests    2-GPU token test (OPT-6.7B shape) + OPT-30B 80% scaling, G=1 vs G=2
+#   bash benchmarks/tp_run.sh big      OPT-66B: dense G=2, sparse 80% G=1/2; OPT-175B sparse 80% G=1/2
+set -uo pipefail
+# NVLink multicast stays off (device rules), also for the torchrun children, which inherit this environment.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD FLASHLLM_CACHE_DIR=${FLASHLLM_CACHE_DIR:-/tmp/flashllm-cache}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+what=${1:-tests}; shift || true
+BATCH=${BATCH:-8,16,32}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+e2e() { python3 -m flashllm.bench e2e --batch "$BATCH" --out "$OUT" "$@" 2>&1 | grep -v '^W1\|^\s*warnings.warn' | tee -a "$OUT/tp.log" | grep -v '^#'; }
+if [[ $what == tests ]]; then
+  python3 -m pytest tests/engine/test_tp_gpu.py -m gpu -q -s -p no:cacheprovider 2>&1 | tee "$OUT/tp_gpu_tests.log" | tail -8
+  e2e --model opt-30b --tp 1 --variants dense,sparse --sparsities 0.8
+  e2e --model opt-30b --tp 2 --variants dense,sparse --sparsities 0.8
+fi
+if [[ $what == big ]]; then
+  e2e --model opt-66b --tp 2 --variants dense,sparse --sparsities 0.8
+  e2e --model opt-66b --tp 1 --variants sparse --sparsities 0.8
+  e2e --model opt-175b --tp 1 --variants sparse --sparsities 0.8
+  e2e --model opt-175b --tp 2 --variants sparse --sparsities 0.8
+fi
+echo "== summary"; for f in "$OUT"/e2e_*.md; do cat "$f"; echo; done
