@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tensor-parallel runs on a 2-GPU device (nvidia-h200-x2); JSON/MD/PNG go to $OUT.
 #   bash benchmarks/tp_run.sh tests    2-GPU token test (OPT-6.7B shape) + OPT-30B 80% scaling, G=1 vs G=2
-#   bash benchmarks/tp_run.sh big      OPT-66B: dense G=2, sparse 80% G=1/2; OPT-175B sparse 80% G=1/2
+#   bash benchmarks/tp_run.sh 66b      OPT-66B: dense G=2, sparse 80% G=1 and G=2
+#   bash benchmarks/tp_run.sh 175b     OPT-175B: sparse 80% G=1 and G=2 (dense fp16 needs >= 3 H200s)
 set -uo pipefail
 # NVLink multicast stays off (device rules), also for the torchrun children, which inherit this environment.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -16,9 +17,11 @@ if [[ $what == tests ]]; then
   e2e --model opt-30b --tp 1 --variants dense,sparse --sparsities 0.8
   e2e --model opt-30b --tp 2 --variants dense,sparse --sparsities 0.8
 fi
-if [[ $what == big ]]; then
+if [[ $what == 66b ]]; then
   e2e --model opt-66b --tp 2 --variants dense,sparse --sparsities 0.8
   e2e --model opt-66b --tp 1 --variants sparse --sparsities 0.8
+fi
+if [[ $what == 175b ]]; then
   e2e --model opt-175b --tp 1 --variants sparse --sparsities 0.8
   e2e --model opt-175b --tp 2 --variants sparse --sparsities 0.8
 fi
