@@ -40,9 +40,11 @@ class Config:
     kb_per_split: int
     stage_w_bytes: int
     smem: int
+    wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
 
     def name(self, fmt: str, bf16: bool) -> str:
-        return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{'true' if bf16 else 'false'}>"
+        flag = lambda b: "true" if b else "false"  # noqa: E731
+        return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{flag(bf16)},{flag(self.wg)}>"
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,7 +55,8 @@ def _device_props(index: int) -> tuple[int, tuple[int, int]]:
 
 @functools.lru_cache(maxsize=4096)
 def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int,
-                  spw: int | None = None, stages: int | None = None, split: int | None = None) -> Config:
+                  spw: int | None = None, stages: int | None = None, split: int | None = None,
+                  wg: bool | None = None, hopper: bool = False) -> Config:
     """Tile config from the problem size alone (rules read off sweeps on an H200: see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
@@ -64,6 +67,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
       better than depth here.
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
       SM's schedulers busy, which matters more than the fp32 partials they write.
+    - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
     """
     mb, kb = block_grid((m, k))
     nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
@@ -76,7 +80,11 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
             spw = 2 if stage_w <= 4096 else 1
         while spw > 1 and -(-mb // spw) * n_tiles < sms:
             spw //= 2
+    if wg is None:
+        wg = hopper and use_wgmma(fmt, nt)
     stage_bytes = spw * stage_w + nt * 8 * 128
+    if wg:  # every stage 1024-byte aligned (128-byte swizzle of wgmma operands), +1 KB to align the ring
+        stage_bytes = -(-stage_bytes // 1024) * 1024
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else 0
     if stages is None:
         stages = 2
@@ -84,10 +92,20 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
         split = max(1, min(4 if nt == 8 else 8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)
-    smem = stages * stage_bytes + dense + spw * (kb_per_split + 1) * 8  # + the CTA's block offsets
+    smem = stages * stage_bytes + dense + spw * (kb_per_split + 1) * 8 + (1024 if wg else 0)  # + block offsets
     if smem > SMEM_PER_SM:
         raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
-    return Config(spw, nt, stages, split, kb_per_split, stage_w, smem)
+    return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)
+
+
+# n8-tile counts that take wgmma on Hopper.  None today: measured on an H200 (27648x9216, 50-90 %), the
+# wgmma kernels are correct but 0-35 % slower than mma.sync (N = 64 most), because each stage waits for
+# its wgmmas before the next decode may overwrite their A registers (see NOTES.md).
+WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": ()}
+
+
+def use_wgmma(fmt: str, nt: int) -> bool:
+    return nt in WGMMA_RULE[fmt]
 
 
 def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor) -> None:
@@ -133,8 +151,8 @@ def spmm_kernel(x: torch.Tensor, w: SparseWeight, **overrides) -> torch.Tensor:
     y = torch.empty((n, m), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
-    sms, _ = _device_props(x.device.index)
-    cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, **overrides)
+    sms, cap = _device_props(x.device.index)
+    cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a", **overrides)
     if x.device.index == torch.cuda.current_device():  # the usual case: skip the device switch
         _launch(prepare_x(x), w, cfg, y)
     else:
@@ -162,14 +180,16 @@ def run(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
 
 
 def all_variants() -> list[str]:
-    """Every kernel instantiation the dispatcher can pick (CI compiles each one through NVRTC)."""
+    """Every kernel instantiation the dispatcher can pick (CI compiles each one through NVRTC; the
+    wgmma ones (last template flag true) only for sm_90a)."""
     names = []
     for fmt in ("bitmap", "tiled_csl"):
         for bf16 in (False, True):
             for spw in SPW_CHOICES:
                 for nt in NT_CHOICES:
                     for stages in STAGE_CHOICES:
-                        names.append(Config(spw, nt, stages, 1, 1, 0, 0).name(fmt, bf16))
+                        for wg in (False, True):
+                            names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
     return names + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
 
 

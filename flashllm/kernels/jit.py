@@ -53,15 +53,19 @@ def nvrtc_version() -> str:
 def _source() -> str:
     # Inline the header so the program needs no include path and the hash covers every line.
     body = (CSRC / "spmm.cu").read_text()
-    return body.replace('#include "common.cuh"', (CSRC / "common.cuh").read_text())
+    for header in ("common.cuh", "wgmma.cuh"):
+        body = body.replace(f'#include "{header}"', (CSRC / header).read_text())
+    return body
 
 
 def _options(arch: str) -> list[bytes]:
-    return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math"]
+    # FLASHLLM_NVRTC_DEFINES="A=1 B=2": extra -D macros, for tuning experiments (part of the cache key).
+    defines = [f"-D{d}".encode() for d in os.environ.get("FLASHLLM_NVRTC_DEFINES", "").split()]
+    return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math", *defines]
 
 
 def compile_kernel(name_expr: str, arch: str) -> tuple[bytes, str]:
-    """Compile one instantiation (e.g. 'spmm_bitmap<4,1,4,false>') to a cubin; cached on disk.
+    """Compile one instantiation (e.g. 'spmm_bitmap<1,1,2,false,false>') to a cubin; cached on disk.
 
     Returns (cubin, lowered_name).
     """

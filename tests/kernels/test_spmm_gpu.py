@@ -24,23 +24,31 @@ def rel_err(y, ref):
     return ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check(x, w_dense, sw, tol):
+# Both MMA paths: mma.sync (any sm_80+ GPU) and wgmma (Hopper sm_90a; the default there).
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+MMA = [pytest.param(False, id="mma.sync"),
+       pytest.param(True, id="wgmma", marks=pytest.mark.skipif(not HOPPER, reason="wgmma needs sm_90a"))]
+
+
+def check(x, w_dense, sw, tol, wg=None):
     ref = x.float() @ w_dense.float().T
-    y = spmm_kernel(x, sw)
+    kw = {} if wg is None else {"wg": wg}
+    y = spmm_kernel(x, sw, **kw)
     assert y.dtype == x.dtype and y.shape == ref.shape
     assert torch.isfinite(y).all(), "non-finite output (unwritten or corrupted elements)"
     if ref.norm() == 0:
         assert (y == 0).all()
     else:
         assert rel_err(y, ref) <= tol, f"rel err {rel_err(y, ref):.2e}"
-    y2 = spmm_kernel(x, sw)
+    y2 = spmm_kernel(x, sw, **kw)
     assert torch.equal(y.view(torch.int16), y2.view(torch.int16)), "two runs differ bitwise"
 
 
+@pytest.mark.parametrize("wg", MMA)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_sparsity_sweep(fmt, dtype, sparsity):
+def test_sparsity_sweep(fmt, dtype, sparsity, wg):
     gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)  # fresh data every run
     m, k = 333, 517  # odd: not tile multiples
     w = pruned(m, k, sparsity, dtype, gen)
@@ -48,17 +56,18 @@ def test_sparsity_sweep(fmt, dtype, sparsity):
     tol = 2e-3 if dtype == torch.float16 else 1e-2
     for n in NS:
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
-        check(x, w, sw, tol)
+        check(x, w, sw, tol, wg)
 
 
+@pytest.mark.parametrize("wg", MMA)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m,k", [(1, 1), (7, 9), (64, 64), (130, 4096), (4096, 200), (2048, 2048)])
-def test_shapes(fmt, m, k):
+def test_shapes(fmt, m, k, wg):
     gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
     w = pruned(m, k, 0.6, torch.float16, gen)
     sw = flashllm.compress(w, fmt)
     for n in (1, 8, 40, 64, 200):
-        check(torch.randn(n, k, generator=gen, device="cuda").half(), w, sw, 2e-3)
+        check(torch.randn(n, k, generator=gen, device="cuda").half(), w, sw, 2e-3, wg)
 
 
 def patterns(m, k):
@@ -77,24 +86,26 @@ def patterns(m, k):
     return out
 
 
+@pytest.mark.parametrize("wg", MMA)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_adversarial_patterns(fmt):
+def test_adversarial_patterns(fmt, wg):
     for name, w in patterns(257, 300).items():
         sw = flashllm.compress(w, fmt)
         for n in (1, 16, 64):
             x = torch.randn(n, 300, device="cuda").half()
-            check(x, w, sw, 2e-3)
+            check(x, w, sw, 2e-3, wg)
 
 
+@pytest.mark.parametrize("wg", MMA)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_every_output_written(fmt):
+def test_every_output_written(fmt, wg):
     w = pruned(1000, 512, 0.7, torch.float16, torch.Generator("cuda").manual_seed(3))
     sw = flashllm.compress(w, fmt)
     x = torch.randn(24, 512, device="cuda").half()
     from flashllm.kernels import dispatch
     for split in (1, 3):
         y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
-        cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split)
+        cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split, wg=wg)
         dispatch._launch(x, sw, cfg, y)
         assert not torch.isnan(y).any(), f"unwritten outputs with split={split}"
         assert rel_err(y, x.float() @ w.float().T) < 2e-3

@@ -8,6 +8,7 @@
 //   tiled_csl - the Flash-LLM way: scatter the words into a zeroed, swizzled dense tile in shared
 //               memory, then ldmatrix it.
 #include "common.cuh"
+#include "wgmma.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // Stage loading (both formats: a block is a contiguous run of 16-byte units)
@@ -17,7 +18,7 @@
 // stage): the copy loop's address arithmetic then costs one warp's instructions instead of four,
 // which measured as a third of all instructions when every thread took a share.
 template <int SPW, int NT, bool CSL>
-__device__ __forceinline__ void load_stage(u32 stage, const Params& p, const i64* ptrs, int nk, int mt, int n0,
+__device__ __forceinline__ void load_stage(u32 wst, u32 xst, const Params& p, const i64* ptrs, int nk, int mt, int n0,
                                            int it, int kb) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
@@ -26,10 +27,10 @@ __device__ __forceinline__ void load_stage(u32 stage, const Params& p, const i64
     i64 begin = ptrs[j * (nk + 1) + it];
     int chunks = (int)(ptrs[j * (nk + 1) + it + 1] - begin) >> 4;
     const u8* src = p.weight + begin;
-    u32 dst = stage + j * p.stage_w_bytes;
+    u32 dst = wst + j * p.stage_w_bytes;
     for (int c = lane; c < chunks; c += 32) cp_async16(dst + (c << 4), src + ((i64)c << 4), 16);
   }
-  load_x_tile<NT>(stage + SPW * p.stage_w_bytes, p, n0, kb);
+  load_x_tile<NT>(xst, p, n0, kb);
 }
 
 // Byte offsets (relative to p.weight) of blocks kb0 .. kb0+nk of each of the CTA's SPW row blocks.
@@ -71,10 +72,9 @@ __device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& ba
 }
 
 template <int SPW, int NT, bool BF16, bool FULL>
-__device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int mt, float (&acc)[SPW][NT][4],
+__device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, const Params& p, int mt, float (&acc)[SPW][NT][4],
                                                const BitmapLane& L) {
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = lane >> 4;
-  u32 xs = stage + SPW * p.stage_w_bytes;
+  int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
   u32 base[SPW];
 #pragma unroll
   for (int j = 0; j < SPW; j++) {
@@ -104,6 +104,46 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, const Params& p, int m
       for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
     }
   }
+}
+
+// The same decode feeding wgmma (sm_90a): the four warps' strips are one m64 A operand in registers,
+// X is read by the tensor cores straight from the swizzled stage (no ldmatrix, and once per CTA
+// instead of once per warp).  Every fragment of the stage gets its own registers, because a wgmma
+// reads them asynchronously: they must not change until the wait at the end of the stage.
+template <int SPW, int NT, bool BF16, bool FULL>
+__device__ __forceinline__ void compute_bitmap_wg(u32 stage, u32 xs, const Params& p, int mt,
+                                                  float (&acc)[SPW][NT][4], const BitmapLane& L) {
+  int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
+  u32 base[SPW];
+#pragma unroll
+  for (int j = 0; j < SPW; j++) {
+    u32 blk = stage + j * p.stage_w_bytes;
+    int stream = 2 * warp + h;
+    u32 start = 0;
+    if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
+    base[j] = blk + 528 + 2 * (start & 0xFFFF) - 2;
+  }
+  const unsigned long long xdesc = sw128_desc(xs);
+  u32 a[SPW][4][4];
+#pragma unroll
+  for (int f = 0; f < 4; f++) {
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+      if (!FULL && mt * SPW + j >= p.MB) break;  // uniform over the CTA, as wgmma requires
+      u32 blk = stage + j * p.stage_w_bytes;
+      u32 w0, w1, w2, w3;
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
+      a[j][f][0] = decode_reg(w0, L, base[j]);
+      a[j][f][1] = decode_reg(w1, L, base[j]);
+      a[j][f][2] = decode_reg(w2, L, base[j]);
+      a[j][f][3] = decode_reg(w3, L, base[j]);
+      wgmma_fence();  // orders the decode's register writes before the wgmma reads them
+      wgmma_rs<NT, BF16>(acc[j], a[j][f], xdesc + 2 * f);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait0();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,19 +201,42 @@ __device__ __forceinline__ void compute_dense(u32 xs, u32 dense, const Params& p
   }
 }
 
+// Tiled-CSL with wgmma: A (the dense tile) and B (X) both straight from swizzled shared memory.
+template <int SPW, int NT, bool BF16, bool FULL>
+__device__ __forceinline__ void compute_dense_wg(u32 xs, u32 dense, const Params& p, int mt, float (&acc)[SPW][NT][4]) {
+  const unsigned long long xdesc = sw128_desc(xs);
+  wgmma_fence();
+#pragma unroll
+  for (int f = 0; f < 4; f++) {
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+      if (!FULL && mt * SPW + j >= p.MB) break;
+      wgmma_ss<NT, BF16>(acc[j], sw128_desc(dense + j * BLOCK * BLOCK * 2) + 2 * f, xdesc + 2 * f);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait0();
+}
+
 // ---------------------------------------------------------------------------------------------
 
-template <int SPW, int NT, int STAGES, bool BF16, bool CSL>
+template <int SPW, int NT, int STAGES, bool BF16, bool CSL, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
   extern __shared__ __align__(16) u8 smem[];
   const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
   const int kb0 = blockIdx.z * p.kb_per_split;
   const int nk = min(p.KB - kb0, p.kb_per_split);
-  const u32 stage_bytes = SPW * p.stage_w_bytes + NT * 8 * X_ROW_BYTES;
-  const u32 ring = smem_addr(smem);
+  // Stage layout: mma.sync - [weight blocks | X tile]; wgmma - [X tile | weight blocks], every stage
+  // and the dense tiles 1024-byte aligned, as the 128-byte swizzle of a wgmma operand requires (the
+  // host asks for 1 KB more shared memory to align the ring).
+  const u32 x_bytes = NT * 8 * X_ROW_BYTES;
+  const u32 raw = SPW * p.stage_w_bytes + x_bytes;
+  const u32 stage_bytes = WG ? (raw + 1023) & ~1023u : raw;
+  const u32 ring = WG ? (smem_addr(smem) + 1023) & ~1023u : smem_addr(smem);
+  const u32 w_off = WG ? x_bytes : 0, x_off = WG ? 0 : SPW * p.stage_w_bytes;
   const bool full = (mt + 1) * SPW <= p.MB;  // every row block of this CTA exists (all but the last CTA)
   const u32 dense = ring + STAGES * stage_bytes;  // CSL only: SPW dense 64x64 tiles
-  i64* ptrs = (i64*)(smem + STAGES * stage_bytes + (CSL ? SPW * BLOCK * BLOCK * 2 : 0));
+  i64* ptrs = (i64*)(smem + (ring - smem_addr(smem)) + STAGES * stage_bytes + (CSL ? SPW * BLOCK * BLOCK * 2 : 0));
   load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
   __syncthreads();
 
@@ -198,28 +261,44 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; s++) {
+    u32 st = ring + s * stage_bytes;
     if (s < nk && (threadIdx.x >> 5) == (s & 3))
-      load_stage<SPW, NT, CSL>(ring + s * stage_bytes, p, ptrs, nk, mt, n0, s, kb0 + s);
+      load_stage<SPW, NT, CSL>(st + w_off, st + x_off, p, ptrs, nk, mt, n0, s, kb0 + s);
     cp_async_commit();
   }
   for (int it = 0; it < nk; it++) {
     cp_async_wait<STAGES - 2>();
+    if (WG) fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
     __syncthreads();  // stage `it` landed for every thread; stage `it-1` is free again
     int next = it + STAGES - 1;
-    if (next < nk && (threadIdx.x >> 5) == (next & 3))
-      load_stage<SPW, NT, CSL>(ring + (next % STAGES) * stage_bytes, p, ptrs, nk, mt, n0, next, kb0 + next);
+    if (next < nk && (threadIdx.x >> 5) == (next & 3)) {
+      u32 st = ring + (next % STAGES) * stage_bytes;
+      load_stage<SPW, NT, CSL>(st + w_off, st + x_off, p, ptrs, nk, mt, n0, next, kb0 + next);
+    }
     cp_async_commit();
     u32 stage = ring + (it % STAGES) * stage_bytes;
+    u32 wst = stage + w_off, xs = stage + x_off;
     if (CSL) {
-      scatter_csl<SPW>(stage, dense, p, ptrs, nk, mt, it);
-      __syncthreads();
-      if (full) compute_dense<SPW, NT, BF16, true>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
-      else compute_dense<SPW, NT, BF16, false>(stage + SPW * p.stage_w_bytes, dense, p, mt, acc);
-      __syncwarp();
+      scatter_csl<SPW>(wst, dense, p, ptrs, nk, mt, it);
+      if (WG) {
+        fence_proxy_async();
+        __syncthreads();
+        if (full) compute_dense_wg<SPW, NT, BF16, true>(xs, dense, p, mt, acc);
+        else compute_dense_wg<SPW, NT, BF16, false>(xs, dense, p, mt, acc);
+        __syncthreads();  // every warp's share of the wgmma has read the tile
+      } else {
+        __syncthreads();
+        if (full) compute_dense<SPW, NT, BF16, true>(xs, dense, p, mt, acc);
+        else compute_dense<SPW, NT, BF16, false>(xs, dense, p, mt, acc);
+        __syncwarp();
+      }
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
+    } else if (WG) {
+      if (full) compute_bitmap_wg<SPW, NT, BF16, true>(wst, xs, p, mt, acc, L);
+      else compute_bitmap_wg<SPW, NT, BF16, false>(wst, xs, p, mt, acc, L);
     } else {
-      if (full) compute_bitmap<SPW, NT, BF16, true>(stage, p, mt, acc, L);
-      else compute_bitmap<SPW, NT, BF16, false>(stage, p, mt, acc, L);
+      if (full) compute_bitmap<SPW, NT, BF16, true>(wst, xs, p, mt, acc, L);
+      else compute_bitmap<SPW, NT, BF16, false>(wst, xs, p, mt, acc, L);
     }
   }
   cp_async_wait<0>();
@@ -229,10 +308,13 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   for (int j = 0; j < SPW; j++) store_tile<NT, BF16>(p, acc[j], (mt * SPW + j) * BLOCK + warp * 16, n0);
 }
 
+#ifndef FLASHLLM_MIN_BLOCKS  // resident CTAs per SM the register allocation must allow (tuning aid)
+#define FLASHLLM_MIN_BLOCKS 1
+#endif
 #define FLASHLLM_KERNEL(NAME, CSL)                                                               \
-  template <int SPW, int NT, int STAGES, bool BF16>                                              \
-  __global__ void __launch_bounds__(THREADS) NAME(const Params p) {                              \
-    spmm_body<SPW, NT, STAGES, BF16, CSL>(p);                                                    \
+  template <int SPW, int NT, int STAGES, bool BF16, bool WG>                                     \
+  __global__ void __launch_bounds__(THREADS, FLASHLLM_MIN_BLOCKS) NAME(const Params p) {         \
+    spmm_body<SPW, NT, STAGES, BF16, CSL, WG>(p);                                                \
   }
 FLASHLLM_KERNEL(spmm_bitmap, false)
 FLASHLLM_KERNEL(spmm_tiled_csl, true)
