@@ -70,6 +70,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
     """
     mb, kb = block_grid((m, k))
+    spw_forced = spw
     nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
@@ -82,6 +83,9 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
             spw //= 2
     if wg is None:
         wg = hopper and use_wgmma(fmt, nt)
+    if wg and fmt == "bitmap":  # the pipelined wgmma kernel: one block per CTA, loads two stages ahead
+        spw = 1 if spw_forced is None else spw_forced
+        stages = 4 if stages is None else stages
     stage_bytes = spw * stage_w + nt * 8 * 128
     if wg:  # every stage 1024-byte aligned (128-byte swizzle of wgmma operands), +1 KB to align the ring
         stage_bytes = -(-stage_bytes // 1024) * 1024
@@ -98,10 +102,11 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)
 
 
-# n8-tile counts that take wgmma on Hopper.  None today: measured on an H200 (27648x9216, 50-90 %), the
-# wgmma kernels are correct but 0-35 % slower than mma.sync (N = 64 most), because each stage waits for
-# its wgmmas before the next decode may overwrite their A registers (see NOTES.md).
-WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": ()}
+# n8-tile counts that take wgmma on Hopper, read off an H200 (27648x9216 at 50/70/90 %,
+# benchmarks/mma_compare.py): the pipelined bitmap wgmma kernel is 10-15 % faster than mma.sync at
+# N = 64 and 0-10 % slower below (where decode, not the MMA, sets the pace); Tiled-CSL's wgmma
+# (A and B straight from shared memory, no ldmatrix) is 10-30 % faster at N = 32 and 64.
+WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (8,), "tiled_csl": (4, 8)}
 
 
 def use_wgmma(fmt: str, nt: int) -> bool:

@@ -28,7 +28,11 @@ __device__ __forceinline__ void wgmma_fence() { SM90A_ONLY(asm volatile("wgmma.f
 __device__ __forceinline__ void wgmma_commit() {
   SM90A_ONLY(asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"));
 }
-__device__ __forceinline__ void wgmma_wait0() { SM90A_ONLY(asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory")); }
+// Wait until at most N committed wgmma groups of this warp are still running.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  SM90A_ONLY(asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"));
+}
 // st.shared and cp.async write through the generic proxy; wgmma reads through the async proxy.
 __device__ __forceinline__ void fence_proxy_async() {
   SM90A_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"));
@@ -41,18 +45,19 @@ def wrapper(src: str, nt: int) -> str:
     d = ",".join(f"%{i}" for i in range(nd))
     outs = ", ".join(f'"+f"(c[{i}][{j}])' for i in range(nt) for j in range(4))
     if src == "rs":  # A: this warp's fragment registers; B: descriptor
-        ops, one, tail = f"{{%{nd},%{nd + 1},%{nd + 2},%{nd + 3}}}, %{nd + 4}", nd + 5, "p, 1, 1, 0"
-        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1)'
+        ops, tail = f"{{%{nd},%{nd + 1},%{nd + 2},%{nd + 3}}}, %{nd + 4}", "1, 1, 1, 0"
+        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b)'
         sig = "const u32 (&a)[4], unsigned long long desc_b"
     else:  # both from shared memory
-        ops, one, tail = f"%{nd}, %{nd + 1}", nd + 2, "p, 1, 1, 0, 0"
-        ins = '"l"(desc_a), "l"(desc_b), "r"(1)'
+        ops, tail = f"%{nd}, %{nd + 1}", "1, 1, 1, 0, 0"
+        ins = '"l"(desc_a), "l"(desc_b)'
         sig = "unsigned long long desc_a, unsigned long long desc_b"
     body = []
     for t in ("bf16", "f16"):
+        # scale-d = 1 (accumulate) as an immediate: a setp defining a predicate operand between two
+        # wgmmas makes ptxas serialize them (C7513)
         body.append(f'''SM90A_ONLY(asm volatile(
-        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{one}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d}}}, {ops}, {tail};\\n}}\\n"
+        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d}}}, {ops}, {tail};\\n"
         : {outs}
         : {ins}))''')
     return f'''template <bool BF16>

@@ -143,7 +143,7 @@ __device__ __forceinline__ void compute_bitmap_wg(u32 stage, u32 xs, const Param
     }
   }
   wgmma_commit();
-  wgmma_wait0();
+  wgmma_wait<0>();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,13 +215,112 @@ __device__ __forceinline__ void compute_dense_wg(u32 xs, u32 dense, const Params
     }
   }
   wgmma_commit();
-  wgmma_wait0();
+  wgmma_wait<0>();
 }
 
 // ---------------------------------------------------------------------------------------------
 
+// Bitmap with wgmma, pipelined across stages: stage it's wgmmas run while stage it+1 is decoded.
+// Their A registers alternate between two sets (the loop is unrolled by two so the set is known at
+// compile time), and a stage waits only for the previous stage's wgmmas (wait_group 1).  A ring slot
+// is refilled only once the wgmmas that read its X tile are done, i.e. two stages later: loads run
+// STAGES - 2 stages ahead.  One 64-row block per CTA.
+// Issue stage s's copies (one warp, in turn) and commit a group.  Stage nk, the pairing stage of an
+// odd nk, gets zeros: a zero header and mask decode to zero weights, and X past K is zero-filled.
+template <int NT, int STAGES>
+__device__ __forceinline__ void wg_load(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, const i64* ptrs,
+                                        int nk, int mt, int n0, int kb0, int s) {
+  if (s <= nk && (threadIdx.x >> 5) == (s & 3)) {
+    u32 st = ring + (s % STAGES) * stage_bytes;
+    if (s < nk) {
+      load_stage<1, NT, false>(st + x_bytes, st, p, ptrs, nk, mt, n0, s, kb0 + s);
+    } else {
+      for (int c = threadIdx.x & 31; c < 528 / 16; c += 32) cp_async16(st + x_bytes + (c << 4), p.weight, 0);
+      load_x_tile<NT>(st, p, n0, (p.K + BLOCK - 1) / BLOCK);
+    }
+  }
+  cp_async_commit();
+}
+
+template <int NT, int STAGES, bool BF16, int SET>
+__device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, const i64* ptrs,
+                                                int nk, int mt, int n0, int kb0, int it, float (&acc)[1][NT][4],
+                                                u32 (&a)[2][4][4], const BitmapLane& L) {
+  constexpr int AHEAD = STAGES - 2;
+  const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
+  cp_async_wait<AHEAD - 1>();
+  fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
+  __syncthreads();
+  wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, it + AHEAD);
+  const u32 stage = ring + (it % STAGES) * stage_bytes, blk = stage + x_bytes;
+  const int stream = 2 * warp + h;
+  u32 start = 0;
+  if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
+  u32 base = blk + 528 + 2 * (start & 0xFFFF) - 2;
+  const unsigned long long xdesc = sw128_desc(stage);
+#pragma unroll
+  for (int f = 0; f < 4; f++) {
+    u32 w0, w1, w2, w3;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
+    a[SET][f][0] = decode_reg(w0, L, base);
+    a[SET][f][1] = decode_reg(w1, L, base);
+    a[SET][f][2] = decode_reg(w2, L, base);
+    a[SET][f][3] = decode_reg(w3, L, base);
+  }
+  // All four fragments first: a register written between a stage's wgmmas would serialize them.
+  wgmma_fence();
+#pragma unroll
+  for (int f = 0; f < 4; f++) wgmma_rs<NT, BF16>(acc[0], a[SET][f], xdesc + 2 * f);
+  wgmma_commit();
+  wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and ring slot are free
+}
+
+template <int NT, int STAGES, bool BF16>
+__device__ __forceinline__ void bitmap_wg_body(const Params& p) {
+  extern __shared__ __align__(16) u8 smem[];
+  const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
+  const int kb0 = blockIdx.z * p.kb_per_split;
+  const int nk = min(p.KB - kb0, p.kb_per_split);
+  const u32 x_bytes = NT * 8 * X_ROW_BYTES;
+  const u32 stage_bytes = (p.stage_w_bytes + x_bytes + 1023) & ~1023u;  // [X tile | block], 1 KB aligned
+  const u32 ring = (smem_addr(smem) + 1023) & ~1023u;
+  i64* ptrs = (i64*)(smem + (ring - smem_addr(smem)) + STAGES * stage_bytes);
+  load_block_ptrs<1, false>(ptrs, p, mt, kb0, nk);
+  __syncthreads();
+  float acc[1][NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[0][nt][i] = 0.f;
+  BitmapLane L;
+  {
+    int hl = threadIdx.x & 15;
+    L.below_incl = (2u << (2 * hl)) - 1u;
+    L.rot_lo = (7u - 2u * hl) & 31u;
+    L.rot_hi = (14u - 2u * hl) & 31u;
+  }
+#pragma unroll
+  for (int s = 0; s < STAGES - 2; s++) wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, s);
+  u32 a[2][4][4];
+  // Stages go in pairs, even when nk is odd: a conditional stage would make the compiler copy the
+  // accumulators where the paths merge, which serializes the wgmmas (ptxas C7513/C7515).  The extra
+  // stage is all zeros (see wg_load) and adds nothing.
+  for (int it = 0; it < nk; it += 2) {
+    bitmap_wg_stage<NT, STAGES, BF16, 0>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, it, acc, a, L);
+    bitmap_wg_stage<NT, STAGES, BF16, 1>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, it + 1, acc, a, L);
+  }
+  wgmma_wait<0>();
+  cp_async_wait<0>();
+  store_tile<NT, BF16>(p, acc[0], mt * BLOCK + (threadIdx.x >> 5) * 16, n0);
+}
+
 template <int SPW, int NT, int STAGES, bool BF16, bool CSL, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
+  if constexpr (WG && !CSL && SPW == 1 && STAGES >= 3) {
+    bitmap_wg_body<NT, STAGES, BF16>(p);
+    return;
+  }
   extern __shared__ __align__(16) u8 smem[];
   const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
   const int kb0 = blockIdx.z * p.kb_per_split;
