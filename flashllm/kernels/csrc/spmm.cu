@@ -407,12 +407,9 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   for (int j = 0; j < SPW; j++) store_tile<NT, BF16>(p, acc[j], (mt * SPW + j) * BLOCK + warp * 16, n0);
 }
 
-#ifndef FLASHLLM_MIN_BLOCKS  // resident CTAs per SM the register allocation must allow (tuning aid)
-#define FLASHLLM_MIN_BLOCKS 1
-#endif
 #define FLASHLLM_KERNEL(NAME, CSL)                                                               \
   template <int SPW, int NT, int STAGES, bool BF16, bool WG>                                     \
-  __global__ void __launch_bounds__(THREADS, FLASHLLM_MIN_BLOCKS) NAME(const Params p) {         \
+  __global__ void __launch_bounds__(THREADS) NAME(const Params p) {                              \
     spmm_body<SPW, NT, STAGES, BF16, CSL, WG>(p);                                                \
   }
 FLASHLLM_KERNEL(spmm_bitmap, false)
