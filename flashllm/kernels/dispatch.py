@@ -102,11 +102,12 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)
 
 
-# n8-tile counts that take wgmma on Hopper, read off an H200 (27648x9216 at 50/70/90 %,
-# benchmarks/mma_compare.py): the pipelined bitmap wgmma kernel is 10-15 % faster than mma.sync at
-# N = 64 and 0-10 % slower below (where decode, not the MMA, sets the pace); Tiled-CSL's wgmma
-# (A and B straight from shared memory, no ldmatrix) is 10-30 % faster at N = 32 and 64.
-WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (8,), "tiled_csl": (4, 8)}
+# n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
+# (medians over the 12 paper shapes, 50-90 %): Tiled-CSL's wgmma (A and B straight from shared memory,
+# no ldmatrix) is 5 % faster at N = 32 and level at N = 64; the pipelined bitmap wgmma kernel is 5 %
+# slower at N = 64 and 0-15 % slower below (its decode, not the MMA, sets the pace), so bitmap keeps
+# mma.sync.  Both stay compiled and GPU-tested (tests/kernels/test_spmm_gpu.py runs each path).
+WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": (4,)}
 
 
 def use_wgmma(fmt: str, nt: int) -> bool:
