@@ -7,6 +7,7 @@ from flashllm.kernels import dispatch
 from flashllm.kernels.dispatch import decompress_cuda
 
 torch.manual_seed(0)
+hopper = torch.cuda.get_device_capability() == (9, 0)
 cases = 0
 for fmt in ("bitmap", "tiled_csl"):
     for dtype in (torch.float16, torch.bfloat16):
@@ -19,6 +20,10 @@ for fmt in ("bitmap", "tiled_csl"):
                 for split in (None, 1, 3):
                     y = dispatch.spmm_kernel(x, sw, split=split)
                     cases += 1
+                if hopper:  # both MMA paths, whichever dispatch prefers
+                    for wg in (False, True):
+                        y = dispatch.spmm_kernel(x, sw, wg=wg)
+                        cases += 1
             assert torch.equal(decompress_cuda(sw), w)  # as numbers: w * mask leaves -0.0 where compress stores +0
             cases += 1
 torch.cuda.synchronize()
