@@ -96,7 +96,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
         split = max(1, min(4 if nt == 8 else 8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)
-    smem = stages * stage_bytes + dense + spw * (kb_per_split + 1) * 8 + (1024 if wg else 0)  # + block offsets
+    # + the stage mbarriers and the CTA's block offsets (+1 KB to align a wgmma ring)
+    smem = stages * stage_bytes + dense + stages * 8 + spw * (kb_per_split + 1) * 8 + (1024 if wg else 0)
     if smem > SMEM_PER_SM:
         raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
     return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)

@@ -18,9 +18,26 @@
 // stage): the copy loop's address arithmetic then costs one warp's instructions instead of four,
 // which measured as a third of all instructions when every thread took a share.
 template <int SPW, int NT, bool CSL>
-__device__ __forceinline__ void load_stage(u32 wst, u32 xst, const Params& p, const i64* ptrs, int nk, int mt, int n0,
-                                           int it, int kb) {
+__device__ __forceinline__ void load_stage(u32 wst, u32 xst, u32 bar, const Params& p, const i64* ptrs, int nk,
+                                           int mt, int n0, int it, int kb) {
   const int lane = threadIdx.x & 31;
+#if FLASHLLM_BULK
+  if (lane == 0) {
+    u32 total = 0;
+#pragma unroll
+    for (int j = 0; j < SPW; j++)
+      if (mt * SPW + j < p.MB) total += (u32)(ptrs[j * (nk + 1) + it + 1] - ptrs[j * (nk + 1) + it]);
+    fence_async_shared();  // the slot's previous contents were read through the generic proxy
+    mbar_arrive_expect(bar, total);
+#pragma unroll
+    for (int j = 0; j < SPW; j++) {
+      if (mt * SPW + j >= p.MB) break;
+      i64 begin = ptrs[j * (nk + 1) + it];
+      u32 bytes = (u32)(ptrs[j * (nk + 1) + it + 1] - begin);
+      if (bytes) bulk_copy(wst + j * p.stage_w_bytes, p.weight + begin, bytes, bar);
+    }
+  }
+#else
 #pragma unroll
   for (int j = 0; j < SPW; j++) {
     if (mt * SPW + j >= p.MB) break;
@@ -30,7 +47,28 @@ __device__ __forceinline__ void load_stage(u32 wst, u32 xst, const Params& p, co
     u32 dst = wst + j * p.stage_w_bytes;
     for (int c = lane; c < chunks; c += 32) cp_async16(dst + (c << 4), src + ((i64)c << 4), 16);
   }
+#endif
   load_x_tile<NT>(xst, p, n0, kb);
+}
+
+// Stage `it` of the ring has landed: the X tile's cp.async groups (all but the newest STAGES - 2 are
+// done) and, on Hopper, the weight bytes counted on the slot's mbarrier (phase = use count of the slot).
+template <int PENDING, int STAGES>
+__device__ __forceinline__ void wait_stage(u32 bars, int it) {
+  cp_async_wait<PENDING>();
+#if FLASHLLM_BULK
+  mbar_wait(bars + 8 * (it % STAGES), (it / STAGES) & 1);
+#endif
+}
+
+template <int STAGES>
+__device__ __forceinline__ void init_stage_barriers(u32 bars) {
+#if FLASHLLM_BULK
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; s++) mbar_init(bars + 8 * s, 1);
+    mbar_fence_init();
+  }
+#endif
 }
 
 // Byte offsets (relative to p.weight) of blocks kb0 .. kb0+nk of each of the CTA's SPW row blocks.
@@ -220,38 +258,41 @@ __device__ __forceinline__ void compute_dense_wg(u32 xs, u32 dense, const Params
 
 // ---------------------------------------------------------------------------------------------
 
-// Bitmap with wgmma, pipelined across stages: stage it's wgmmas run while stage it+1 is decoded.
-// Their A registers alternate between two sets (the loop is unrolled by two so the set is known at
-// compile time), and a stage waits only for the previous stage's wgmmas (wait_group 1).  A ring slot
-// is refilled only once the wgmmas that read its X tile are done, i.e. two stages later: loads run
-// STAGES - 2 stages ahead.  One 64-row block per CTA.
 // Issue stage s's copies (one warp, in turn) and commit a group.  Stage nk, the pairing stage of an
 // odd nk, gets zeros: a zero header and mask decode to zero weights, and X past K is zero-filled.
 template <int NT, int STAGES>
-__device__ __forceinline__ void wg_load(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, const i64* ptrs,
-                                        int nk, int mt, int n0, int kb0, int s) {
+__device__ __forceinline__ void wg_load(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
+                                        const i64* ptrs, int nk, int mt, int n0, int kb0, int s) {
   if (s <= nk && (threadIdx.x >> 5) == (s & 3)) {
-    u32 st = ring + (s % STAGES) * stage_bytes;
+    u32 st = ring + (s % STAGES) * stage_bytes, bar = bars + 8 * (s % STAGES);
     if (s < nk) {
-      load_stage<1, NT, false>(st + x_bytes, st, p, ptrs, nk, mt, n0, s, kb0 + s);
+      load_stage<1, NT, false>(st + x_bytes, st, bar, p, ptrs, nk, mt, n0, s, kb0 + s);
     } else {
       for (int c = threadIdx.x & 31; c < 528 / 16; c += 32) cp_async16(st + x_bytes + (c << 4), p.weight, 0);
       load_x_tile<NT>(st, p, n0, (p.K + BLOCK - 1) / BLOCK);
+#if FLASHLLM_BULK
+      if ((threadIdx.x & 31) == 0) mbar_arrive_expect(bar, 0);  // nothing in flight: completes the phase
+#endif
     }
   }
   cp_async_commit();
 }
 
+// Bitmap with wgmma, pipelined across stages: stage it's wgmmas run while stage it+1 is decoded.
+// Their A registers alternate between two sets (the loop is unrolled by two so the set is known at
+// compile time), and a stage waits only for the previous stage's wgmmas (wait_group 1).  A ring slot
+// is refilled only once the wgmmas that read its X tile are done, i.e. two stages later: loads run
+// STAGES - 2 stages ahead.  One 64-row block per CTA.
 template <int NT, int STAGES, bool BF16, int SET>
-__device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, const i64* ptrs,
-                                                int nk, int mt, int n0, int kb0, int it, float (&acc)[1][NT][4],
-                                                u32 (&a)[2][4][4], const BitmapLane& L) {
+__device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
+                                                const i64* ptrs, int nk, int mt, int n0, int kb0, int it,
+                                                float (&acc)[1][NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
   constexpr int AHEAD = STAGES - 2;
   const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
-  cp_async_wait<AHEAD - 1>();
+  wait_stage<AHEAD - 1, STAGES>(bars, it);
   fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
   __syncthreads();
-  wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, it + AHEAD);
+  wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + AHEAD);
   const u32 stage = ring + (it % STAGES) * stage_bytes, blk = stage + x_bytes;
   const int stream = 2 * warp + h;
   u32 start = 0;
@@ -285,8 +326,10 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   const u32 x_bytes = NT * 8 * X_ROW_BYTES;
   const u32 stage_bytes = (p.stage_w_bytes + x_bytes + 1023) & ~1023u;  // [X tile | block], 1 KB aligned
   const u32 ring = (smem_addr(smem) + 1023) & ~1023u;
-  i64* ptrs = (i64*)(smem + (ring - smem_addr(smem)) + STAGES * stage_bytes);
+  const u32 bars = ring + STAGES * stage_bytes;  // one mbarrier per ring slot
+  i64* ptrs = (i64*)(smem + (ring - smem_addr(smem)) + STAGES * stage_bytes + STAGES * 8);
   load_block_ptrs<1, false>(ptrs, p, mt, kb0, nk);
+  init_stage_barriers<STAGES>(bars);
   __syncthreads();
   float acc[1][NT][4];
 #pragma unroll
@@ -301,14 +344,14 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
     L.rot_hi = (14u - 2u * hl) & 31u;
   }
 #pragma unroll
-  for (int s = 0; s < STAGES - 2; s++) wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, s);
+  for (int s = 0; s < STAGES - 2; s++) wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, s);
   u32 a[2][4][4];
   // Stages go in pairs, even when nk is odd: a conditional stage would make the compiler copy the
   // accumulators where the paths merge, which serializes the wgmmas (ptxas C7513/C7515).  The extra
   // stage is all zeros (see wg_load) and adds nothing.
   for (int it = 0; it < nk; it += 2) {
-    bitmap_wg_stage<NT, STAGES, BF16, 0>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, it, acc, a, L);
-    bitmap_wg_stage<NT, STAGES, BF16, 1>(p, ring, stage_bytes, x_bytes, ptrs, nk, mt, n0, kb0, it + 1, acc, a, L);
+    bitmap_wg_stage<NT, STAGES, BF16, 0>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it, acc, a, L);
+    bitmap_wg_stage<NT, STAGES, BF16, 1>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + 1, acc, a, L);
   }
   wgmma_wait<0>();
   cp_async_wait<0>();
@@ -335,8 +378,10 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const u32 w_off = WG ? x_bytes : 0, x_off = WG ? 0 : SPW * p.stage_w_bytes;
   const bool full = (mt + 1) * SPW <= p.MB;  // every row block of this CTA exists (all but the last CTA)
   const u32 dense = ring + STAGES * stage_bytes;  // CSL only: SPW dense 64x64 tiles
-  i64* ptrs = (i64*)(smem + (ring - smem_addr(smem)) + STAGES * stage_bytes + (CSL ? SPW * BLOCK * BLOCK * 2 : 0));
+  const u32 bars = dense + (CSL ? SPW * BLOCK * BLOCK * 2 : 0);  // one mbarrier per ring slot
+  i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
   load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
+  init_stage_barriers<STAGES>(bars);
   __syncthreads();
 
   float acc[SPW][NT][4];
@@ -362,17 +407,18 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   for (int s = 0; s < STAGES - 1; s++) {
     u32 st = ring + s * stage_bytes;
     if (s < nk && (threadIdx.x >> 5) == (s & 3))
-      load_stage<SPW, NT, CSL>(st + w_off, st + x_off, p, ptrs, nk, mt, n0, s, kb0 + s);
+      load_stage<SPW, NT, CSL>(st + w_off, st + x_off, bars + 8 * s, p, ptrs, nk, mt, n0, s, kb0 + s);
     cp_async_commit();
   }
   for (int it = 0; it < nk; it++) {
-    cp_async_wait<STAGES - 2>();
+    wait_stage<STAGES - 2, STAGES>(bars, it);
     if (WG) fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
     __syncthreads();  // stage `it` landed for every thread; stage `it-1` is free again
     int next = it + STAGES - 1;
     if (next < nk && (threadIdx.x >> 5) == (next & 3)) {
       u32 st = ring + (next % STAGES) * stage_bytes;
-      load_stage<SPW, NT, CSL>(st + w_off, st + x_off, p, ptrs, nk, mt, n0, next, kb0 + next);
+      load_stage<SPW, NT, CSL>(st + w_off, st + x_off, bars + 8 * (next % STAGES), p, ptrs, nk, mt, n0, next,
+                               kb0 + next);
     }
     cp_async_commit();
     u32 stage = ring + (it % STAGES) * stage_bytes;
