@@ -60,9 +60,10 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     """Tile config from the problem size alone (rules read off sweeps on an H200: see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
-    - spw (64-row blocks per CTA; warp w decodes strip w of each): bitmap takes two once N > 8 (two
-      independent decode chains per warp, X fragments shared); Tiled-CSL takes two only for small
-      blocks (<= 4 KB, i.e. high sparsity), where its dense-tile work per block is light.
+    - spw (64-row blocks per CTA; warp w decodes strip w of each): bitmap takes two (two independent
+      decode chains per warp, X fragments shared; since the weights move by bulk copy this pays at
+      N = 8 too, 3-4 %); Tiled-CSL takes two only for small blocks (<= 4 KB, i.e. high sparsity),
+      where its dense-tile work per block is light.
     - stages: 2 - a shallow ring leaves shared memory for more resident CTAs, which hides latency
       better than depth here.
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
@@ -76,7 +77,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     if spw is None:
         if fmt == "bitmap":
-            spw = 1 if nt == 1 else 2
+            spw = 2
         else:
             spw = 2 if stage_w <= 4096 else 1
         while spw > 1 and -(-mb // spw) * n_tiles < sms:
