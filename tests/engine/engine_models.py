@@ -70,3 +70,16 @@ def hf_generate(model, prompts=PROMPTS, max_new_tokens=16, **kwargs) -> torch.Te
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=PAD, **kwargs)
     return out[:, ids.shape[1]:].cpu()
+
+
+def last_logits(model, ids: list[int]) -> torch.Tensor:
+    """fp32 logits of our engine model after `ids` (one eager prefill; on a tensor-parallel model every
+    rank must call it together)."""
+    from flashllm.engine import Generator
+    gen = Generator(model, 1, len(ids) + 1, cuda_graph=False)
+    dev = model.device
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids], device=dev), torch.arange(len(ids), device=dev),
+                       torch.zeros(1, dtype=torch.int64, device=dev), gen.max_seq)
+    gen.close()
+    return logits[0].float()

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from engine_models import PAD, PROMPTS, hf_generate, tiny_model
+from engine_models import PAD, PROMPTS, hf_generate, last_logits, tiny_model
 from flashllm.engine import Generator, from_hf, random_model, with_dense_linears
 from flashllm.nn import SparseLinear
 
@@ -17,17 +17,6 @@ def random_prompts(batch, length, vocab, seed=0):
     g = torch.Generator().manual_seed(seed)
     lengths = [length - (i % 3) * (length // 4) for i in range(batch)]  # mixed lengths: left padding
     return [torch.randint(4, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
-def last_logits(model, ids: list[int]) -> torch.Tensor:
-    """fp32 logits after `ids` (one eager prefill)."""
-    gen = Generator(model, 1, len(ids) + 1, cuda_graph=False)
-    dev = model.device
-    with torch.inference_mode():
-        logits = model(torch.tensor([ids], device=dev), torch.arange(len(ids), device=dev),
-                       torch.zeros(1, dtype=torch.int64, device=dev), gen.max_seq)
-    gen.close()
-    return logits[0].float()
 
 
 def assert_same_or_tie(model_a, model_b, prompts, a, b, max_rel_error=0.01):

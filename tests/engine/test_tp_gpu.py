@@ -12,23 +12,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from engine_models import last_logits
+
 pytestmark = pytest.mark.gpu
 
 WORLD = 2
 PRESET = os.environ.get("FLASHLLM_TP_TEST_PRESET", "opt-6.7b")  # opt-tiny: a CPU smoke run of the worker
 BATCH, PROMPT, NEW = 8, 64, 32
-
-
-def last_logits(model, ids: list[int]) -> torch.Tensor:
-    """fp32 logits after `ids` (one eager prefill; on a sharded model every rank must call it together)."""
-    from flashllm.engine import Generator
-    gen = Generator(model, 1, len(ids) + 1, cuda_graph=False)
-    dev = model.device
-    with torch.inference_mode():
-        logits = model(torch.tensor([ids], device=dev), torch.arange(len(ids), device=dev),
-                       torch.zeros(1, dtype=torch.int64, device=dev), gen.max_seq)
-    gen.close()
-    return logits[0].float()
 
 
 def worker(rank, port, out_dir, sparsities):

@@ -109,19 +109,22 @@ __device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& ba
   return ((u32)lo | ((u32)hi << 16)) & keep;
 }
 
+// Where this lane's half-warp value stream of the block at `blk` starts, minus 2 bytes (see above):
+// the stream's start is the previous stream's end, from the block's 16-byte header of u16 ends.
+__device__ __forceinline__ u32 stream_base(u32 blk) {
+  int stream = 2 * (threadIdx.x >> 5) + ((threadIdx.x >> 4) & 1);
+  u32 start = 0;
+  if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
+  return blk + 528 + 2 * (start & 0xFFFF) - 2;
+}
+
 template <int SPW, int NT, bool BF16, bool FULL>
 __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, const Params& p, int mt, float (&acc)[SPW][NT][4],
                                                const BitmapLane& L) {
   int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
   u32 base[SPW];
 #pragma unroll
-  for (int j = 0; j < SPW; j++) {
-    u32 blk = stage + j * p.stage_w_bytes;
-    int stream = 2 * warp + h;
-    u32 start = 0;
-    if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
-    base[j] = blk + 528 + 2 * (start & 0xFFFF) - 2;
-  }
+  for (int j = 0; j < SPW; j++) base[j] = stream_base(stage + j * p.stage_w_bytes);
 #pragma unroll
   for (int f = 0; f < 4; f++) {
     u32 b[NT][2];
@@ -154,13 +157,7 @@ __device__ __forceinline__ void compute_bitmap_wg(u32 stage, u32 xs, const Param
   int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
   u32 base[SPW];
 #pragma unroll
-  for (int j = 0; j < SPW; j++) {
-    u32 blk = stage + j * p.stage_w_bytes;
-    int stream = 2 * warp + h;
-    u32 start = 0;
-    if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
-    base[j] = blk + 528 + 2 * (start & 0xFFFF) - 2;
-  }
+  for (int j = 0; j < SPW; j++) base[j] = stream_base(stage + j * p.stage_w_bytes);
   const unsigned long long xdesc = sw128_desc(xs);
   u32 a[SPW][4][4];
 #pragma unroll
@@ -294,10 +291,7 @@ __device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 s
   __syncthreads();
   wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + AHEAD);
   const u32 stage = ring + (it % STAGES) * stage_bytes, blk = stage + x_bytes;
-  const int stream = 2 * warp + h;
-  u32 start = 0;
-  if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
-  u32 base = blk + 528 + 2 * (start & 0xFFFF) - 2;
+  u32 base = stream_base(blk);
   const unsigned long long xdesc = sw128_desc(stage);
 #pragma unroll
   for (int f = 0; f < 4; f++) {
