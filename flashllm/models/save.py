@@ -18,7 +18,8 @@ from torch import nn
 
 from ..nn import SparseLinear
 from . import compressed_tensors as ct
-from .checkpoint import CONFIG_NAME, INDEX_NAME, PRODUCER, SINGLE_NAME, SPARSITY_KEY, _nbytes
+from .checkpoint import PRODUCER, SPARSITY_KEY
+from .files import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, _nbytes
 
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                 "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")
