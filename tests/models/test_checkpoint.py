@@ -14,6 +14,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, BertConfig, BertForM
 import flashllm
 from flashllm.models import CheckpointError, describe, from_pretrained, save_pretrained
 from flashllm.models import checkpoint as ckpt
+from flashllm.models.files import INDEX_NAME, SINGLE_NAME
 from flashllm.nn import SparseLinear, dense_weight_of, is_linear_like
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -106,9 +107,9 @@ def test_config_records_sparsity(saved):
 def test_sharded_save_and_load(tmp_path):
     model = sparsify(tiny_model("opt"), "bitmap")
     save_pretrained(model, tmp_path, max_shard_size="6KB")
-    index = json.loads((tmp_path / ckpt.INDEX_NAME).read_text())
+    index = json.loads((tmp_path / INDEX_NAME).read_text())
     files = set(index["weight_map"].values())
-    assert len(files) > 3 and not (tmp_path / ckpt.SINGLE_NAME).exists()
+    assert len(files) > 3 and not (tmp_path / SINGLE_NAME).exists()
     assert files == {p.name for p in tmp_path.glob("model-*.safetensors")}
     for layer in sparse_layers(model):  # a layer's tensors are never split across shards
         assert len({f for n, f in index["weight_map"].items() if n.startswith(layer + ".weight.")}) == 1
@@ -116,7 +117,7 @@ def test_sharded_save_and_load(tmp_path):
         8 + int.from_bytes((tmp_path / f).read_bytes()[:8], "little") for f in files)
     assert_close_rel(logits(model), logits(from_pretrained(tmp_path, device="cpu")))
     save_pretrained(model, tmp_path)  # one shard now: the old ones must go
-    assert sorted(p.name for p in tmp_path.glob("model*")) == [ckpt.SINGLE_NAME]
+    assert sorted(p.name for p in tmp_path.glob("model*")) == [SINGLE_NAME]
 
 
 def test_tied_embeddings_stay_tied(tmp_path):
@@ -295,14 +296,14 @@ def _fails(directory, *fragments):
 
 def test_truncated_shard(saved):
     directory, _ = saved
-    shard = directory / ckpt.SINGLE_NAME
+    shard = directory / SINGLE_NAME
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     _fails(directory, str(shard))
 
 
 def test_header_claims_more_than_the_file(saved):
     directory, _ = saved
-    shard = directory / ckpt.SINGLE_NAME
+    shard = directory / SINGLE_NAME
     data = bytearray(shard.read_bytes())
     data[:8] = (2**40).to_bytes(8, "little")
     shard.write_bytes(bytes(data))
@@ -319,8 +320,8 @@ def test_header_claims_more_than_the_file(saved):
 def test_sparse_weight_out_of_range(saved, key, change, message):
     directory, _ = saved
     name = f"model.layers.1.self_attn.o_proj.weight.{key}"
-    _rewrite(directory / ckpt.SINGLE_NAME, lambda d: d.__setitem__(name, change(d[name])))
-    text = _fails(directory, str(directory / ckpt.SINGLE_NAME), "model.layers.1.self_attn.o_proj")
+    _rewrite(directory / SINGLE_NAME, lambda d: d.__setitem__(name, change(d[name])))
+    text = _fails(directory, str(directory / SINGLE_NAME), "model.layers.1.self_attn.o_proj")
     assert message in text
 
 
@@ -347,28 +348,28 @@ def test_bad_sparsity_config(saved, change, message):
                                         "model.safetensors\x00.txt", 7])
 def test_index_cannot_point_outside(saved, shard_name):
     directory, _ = saved
-    (directory / ckpt.INDEX_NAME).write_text(json.dumps({"weight_map": {"model.norm.weight": shard_name}}))
-    _fails(directory, ckpt.INDEX_NAME, "plain")
+    (directory / INDEX_NAME).write_text(json.dumps({"weight_map": {"model.norm.weight": shard_name}}))
+    _fails(directory, INDEX_NAME, "plain")
 
 
 def test_symlinked_shard_outside_the_directory(saved, tmp_path):
     directory, _ = saved
     outside = tmp_path / "elsewhere.safetensors"
-    (directory / ckpt.SINGLE_NAME).rename(outside)
-    (directory / ckpt.SINGLE_NAME).symlink_to(outside)
+    (directory / SINGLE_NAME).rename(outside)
+    (directory / SINGLE_NAME).symlink_to(outside)
     _fails(directory, "outside")
 
 
 def test_index_lists_a_tensor_the_shard_lacks(saved):
     directory, _ = saved
-    names = list(load_file(directory / ckpt.SINGLE_NAME)) + ["model.ghost.weight"]
-    (directory / ckpt.INDEX_NAME).write_text(json.dumps({"weight_map": dict.fromkeys(names, ckpt.SINGLE_NAME)}))
-    _fails(directory, "model.ghost.weight", ckpt.SINGLE_NAME)
+    names = list(load_file(directory / SINGLE_NAME)) + ["model.ghost.weight"]
+    (directory / INDEX_NAME).write_text(json.dumps({"weight_map": dict.fromkeys(names, SINGLE_NAME)}))
+    _fails(directory, "model.ghost.weight", SINGLE_NAME)
 
 
 def test_wrong_shape_missing_and_unexpected_tensors(saved):
     directory, _ = saved
-    shard = directory / ckpt.SINGLE_NAME
+    shard = directory / SINGLE_NAME
     original = shard.read_bytes()
     _rewrite(shard, lambda d: d.__setitem__("model.norm.weight", torch.ones(31)))
     _fails(directory, "model.norm.weight", "(31,)", "(32,)")
@@ -395,8 +396,8 @@ def test_unknown_compressed_tensors_format(tmp_path, section, fmt, message):
 def test_corrupt_bitmask_in_checkpoint(tmp_path):
     shutil.copytree(FIXTURES / "ct_bitmask_v0.9.4" / "llama", tmp_path / "m")
     name = "model.layers.0.mlp.gate_proj.row_offsets"
-    _rewrite(tmp_path / "m" / ckpt.SINGLE_NAME, lambda d: d[name].__setitem__(5, 10**6))
-    _fails(tmp_path / "m", ckpt.SINGLE_NAME, "model.layers.0.mlp.gate_proj", "row_offsets[5]")
+    _rewrite(tmp_path / "m" / SINGLE_NAME, lambda d: d[name].__setitem__(5, 10**6))
+    _fails(tmp_path / "m", SINGLE_NAME, "model.layers.0.mlp.gate_proj", "row_offsets[5]")
 
 
 def test_remote_code_is_never_run(saved, tmp_path):
@@ -410,7 +411,7 @@ def test_remote_code_is_never_run(saved, tmp_path):
 
 def test_pickle_checkpoints_are_not_read(tmp_path):
     tiny_model("opt").save_pretrained(tmp_path)
-    (tmp_path / ckpt.SINGLE_NAME).rename(tmp_path / "pytorch_model.bin")
+    (tmp_path / SINGLE_NAME).rename(tmp_path / "pytorch_model.bin")
     _fails(tmp_path, "only safetensors")
 
 
