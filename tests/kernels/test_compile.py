@@ -43,3 +43,16 @@ def test_config_heuristic_is_valid():
                 assert cfg.smem <= dispatch.SMEM_PER_SM
                 assert 8 * cfg.nt >= min(n, 64)
                 assert cfg.name(fmt, False) in dispatch.all_variants()
+
+
+def test_wgmma_header_is_what_its_generator_writes(tmp_path, monkeypatch):
+    """wgmma.cuh is generated (long operand lists); the committed file must match gen_wgmma.py."""
+    import importlib.util
+    from pathlib import Path
+    csrc = Path(jit.__file__).parent / "csrc"
+    spec = importlib.util.spec_from_file_location("gen_wgmma", csrc / "gen_wgmma.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    monkeypatch.setattr(gen, "__file__", str(tmp_path / "gen_wgmma.py"))
+    gen.main()
+    assert (tmp_path / "wgmma.cuh").read_text() == (csrc / "wgmma.cuh").read_text()
