@@ -71,22 +71,20 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
     """
     mb, kb = block_grid((m, k))
-    spw_forced = spw
     nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
-    if spw is None:
-        if fmt == "bitmap":
-            spw = 2
-        else:
-            spw = 2 if stage_w <= 4096 else 1
-        while spw > 1 and -(-mb // spw) * n_tiles < sms:
-            spw //= 2
     if wg is None:
         wg = hopper and use_wgmma(fmt, nt)
-    if wg and fmt == "bitmap":  # the pipelined wgmma kernel: one block per CTA, loads two stages ahead
-        spw = 1 if spw_forced is None else spw_forced
-        stages = 4 if stages is None else stages
+    pipelined = wg and fmt == "bitmap"  # the pipelined wgmma kernel: one block per CTA, loads two stages ahead
+    if pipelined:
+        spw, stages = spw or 1, stages or 4
+        if spw != 1 or stages < 3:
+            raise ValueError(f"the bitmap wgmma kernel takes spw=1 and >= 3 stages, not spw={spw}, stages={stages}")
+    if spw is None:
+        spw = 2 if fmt == "bitmap" or stage_w <= 4096 else 1
+        while spw > 1 and -(-mb // spw) * n_tiles < sms:
+            spw //= 2
     stage_bytes = spw * stage_w + nt * 8 * 128
     if wg:  # every stage 1024-byte aligned (128-byte swizzle of wgmma operands), +1 KB to align the ring
         stage_bytes = -(-stage_bytes // 1024) * 1024
@@ -197,7 +195,8 @@ def all_variants() -> list[str]:
                 for nt in NT_CHOICES:
                     for stages in STAGE_CHOICES:
                         for wg in (False, True):
-                            names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
+                            if not (wg and fmt == "bitmap" and (spw != 1 or stages < 3)):
+                                names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
     return names + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
 
 

@@ -59,9 +59,7 @@ def _source() -> str:
 
 
 def _options(arch: str) -> list[bytes]:
-    # FLASHLLM_NVRTC_DEFINES="A=1 B=2": extra -D macros, for tuning experiments (part of the cache key).
-    defines = [f"-D{d}".encode() for d in os.environ.get("FLASHLLM_NVRTC_DEFINES", "").split()]
-    return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math", *defines]
+    return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math"]
 
 
 def compile_kernel(name_expr: str, arch: str) -> tuple[bytes, str]:

@@ -135,6 +135,16 @@ def test_large_n_uses_dense_path_correctly():
     assert rel_err(flashllm.spmm(x, sw), x.float() @ w.float().T) < 2e-3
 
 
+def replayed(fn):
+    """fn's output from a CUDA graph that captured it, after one replay."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return out
+
+
 def test_cuda_graph_and_compile():
     w = pruned(512, 256, 0.7, torch.float16, torch.Generator("cuda").manual_seed(7))
     sw = flashllm.compress(w, "bitmap")
@@ -145,12 +155,7 @@ def test_cuda_graph_and_compile():
     with torch.cuda.stream(s):
         flashllm.spmm(x, sw)
     torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = flashllm.spmm(x, sw)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, ref)
+    assert torch.equal(replayed(lambda: flashllm.spmm(x, sw)), ref)
     f = torch.compile(lambda a: flashllm.spmm(a, sw) * 2, fullgraph=True)
     assert torch.equal(f(x), ref * 2)
 
@@ -177,9 +182,4 @@ def test_large_n_path_captures_in_a_cuda_graph():
     sw = flashllm.compress(w, "tiled_csl")
     x = torch.randn(600, 300, device="cuda").half()
     ref = flashllm.spmm(x, sw)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = flashllm.spmm(x, sw)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, ref)
+    assert torch.equal(replayed(lambda: flashllm.spmm(x, sw)), ref)

@@ -95,6 +95,15 @@ struct BitmapLane {
   u32 rot_lo, rot_hi;  // rotate amounts that bring bit 2hl to bit 7 and bit 2hl+1 to bit 15
 };
 
+__device__ __forceinline__ BitmapLane bitmap_lane() {
+  int hl = threadIdx.x & 15;
+  BitmapLane L;
+  L.below_incl = (2u << (2 * hl)) - 1u;
+  L.rot_lo = (7u - 2u * hl) & 31u;
+  L.rot_hi = (14u - 2u * hl) & 31u;
+  return L;
+}
+
 __device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& base) {
   u32 c = __popc(word & L.below_incl);
   u32 addr = base + 2 * c;
@@ -118,10 +127,22 @@ __device__ __forceinline__ u32 stream_base(u32 blk) {
   return blk + 528 + 2 * (start & 0xFFFF) - 2;
 }
 
+// The A fragment (4 registers) of this warp's strip for the 16-wide K slice f of the block at `blk`:
+// the half-warp's four mask words, then one decode per register, advancing `base` along the stream.
+__device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, int f, const BitmapLane& L, u32& base) {
+  const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
+  u32 w0, w1, w2, w3;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
+  a[0] = decode_reg(w0, L, base);
+  a[1] = decode_reg(w1, L, base);
+  a[2] = decode_reg(w2, L, base);
+  a[3] = decode_reg(w3, L, base);
+}
+
 template <int SPW, int NT, bool BF16, bool FULL>
 __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, const Params& p, int mt, float (&acc)[SPW][NT][4],
                                                const BitmapLane& L) {
-  int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
   u32 base[SPW];
 #pragma unroll
   for (int j = 0; j < SPW; j++) base[j] = stream_base(stage + j * p.stage_w_bytes);
@@ -132,53 +153,12 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, const Params& 
 #pragma unroll
     for (int j = 0; j < SPW; j++) {
       if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
-      u32 blk = stage + j * p.stage_w_bytes;
-      u32 w0, w1, w2, w3;
-      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                   : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
       u32 a[4];
-      a[0] = decode_reg(w0, L, base[j]);
-      a[1] = decode_reg(w1, L, base[j]);
-      a[2] = decode_reg(w2, L, base[j]);
-      a[3] = decode_reg(w3, L, base[j]);
+      decode_fragment(a, stage + j * p.stage_w_bytes, f, L, base[j]);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
     }
   }
-}
-
-// The same decode feeding wgmma (sm_90a): the four warps' strips are one m64 A operand in registers,
-// X is read by the tensor cores straight from the swizzled stage (no ldmatrix, and once per CTA
-// instead of once per warp).  Every fragment of the stage gets its own registers, because a wgmma
-// reads them asynchronously: they must not change until the wait at the end of the stage.
-template <int SPW, int NT, bool BF16, bool FULL>
-__device__ __forceinline__ void compute_bitmap_wg(u32 stage, u32 xs, const Params& p, int mt,
-                                                  float (&acc)[SPW][NT][4], const BitmapLane& L) {
-  int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
-  u32 base[SPW];
-#pragma unroll
-  for (int j = 0; j < SPW; j++) base[j] = stream_base(stage + j * p.stage_w_bytes);
-  const unsigned long long xdesc = sw128_desc(xs);
-  u32 a[SPW][4][4];
-#pragma unroll
-  for (int f = 0; f < 4; f++) {
-#pragma unroll
-    for (int j = 0; j < SPW; j++) {
-      if (!FULL && mt * SPW + j >= p.MB) break;  // uniform over the CTA, as wgmma requires
-      u32 blk = stage + j * p.stage_w_bytes;
-      u32 w0, w1, w2, w3;
-      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                   : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
-      a[j][f][0] = decode_reg(w0, L, base[j]);
-      a[j][f][1] = decode_reg(w1, L, base[j]);
-      a[j][f][2] = decode_reg(w2, L, base[j]);
-      a[j][f][3] = decode_reg(w3, L, base[j]);
-      wgmma_fence();  // orders the decode's register writes before the wgmma reads them
-      wgmma_rs<NT, BF16>(acc[j], a[j][f], xdesc + 2 * f);
-    }
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,7 +265,6 @@ __device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 s
                                                 const i64* ptrs, int nk, int mt, int n0, int kb0, int it,
                                                 float (&acc)[1][NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
   constexpr int AHEAD = STAGES - 2;
-  const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
   wait_stage<AHEAD - 1, STAGES>(bars, it);
   fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
   __syncthreads();
@@ -294,15 +273,7 @@ __device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 s
   u32 base = stream_base(blk);
   const unsigned long long xdesc = sw128_desc(stage);
 #pragma unroll
-  for (int f = 0; f < 4; f++) {
-    u32 w0, w1, w2, w3;
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
-    a[SET][f][0] = decode_reg(w0, L, base);
-    a[SET][f][1] = decode_reg(w1, L, base);
-    a[SET][f][2] = decode_reg(w2, L, base);
-    a[SET][f][3] = decode_reg(w3, L, base);
-  }
+  for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, f, L, base);
   // All four fragments first: a register written between a stage's wgmmas would serialize them.
   wgmma_fence();
 #pragma unroll
@@ -330,13 +301,7 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   for (int nt = 0; nt < NT; nt++)
 #pragma unroll
     for (int i = 0; i < 4; i++) acc[0][nt][i] = 0.f;
-  BitmapLane L;
-  {
-    int hl = threadIdx.x & 15;
-    L.below_incl = (2u << (2 * hl)) - 1u;
-    L.rot_lo = (7u - 2u * hl) & 31u;
-    L.rot_hi = (14u - 2u * hl) & 31u;
-  }
+  const BitmapLane L = bitmap_lane();
 #pragma unroll
   for (int s = 0; s < STAGES - 2; s++) wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, s);
   u32 a[2][4][4];
@@ -354,7 +319,8 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 
 template <int SPW, int NT, int STAGES, bool BF16, bool CSL, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
-  if constexpr (WG && !CSL && SPW == 1 && STAGES >= 3) {
+  if constexpr (WG && !CSL) {
+    static_assert(SPW == 1 && STAGES >= 3, "the bitmap wgmma kernel takes one block per CTA and >= 3 stages");
     bitmap_wg_body<NT, STAGES, BF16>(p);
     return;
   }
@@ -386,13 +352,7 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
 #pragma unroll
       for (int i = 0; i < 4; i++) acc[j][nt][i] = 0.f;
 
-  BitmapLane L;
-  {
-    int hl = threadIdx.x & 15;
-    L.below_incl = (2u << (2 * hl)) - 1u;
-    L.rot_lo = (7u - 2u * hl) & 31u;
-    L.rot_hi = (14u - 2u * hl) & 31u;
-  }
+  const BitmapLane L = bitmap_lane();
   if (CSL) {
     clear_strips<SPW>(dense);
   }
@@ -432,9 +392,6 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
         __syncwarp();
       }
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
-    } else if (WG) {
-      if (full) compute_bitmap_wg<SPW, NT, BF16, true>(wst, xs, p, mt, acc, L);
-      else compute_bitmap_wg<SPW, NT, BF16, false>(wst, xs, p, mt, acc, L);
     } else {
       if (full) compute_bitmap<SPW, NT, BF16, true>(wst, xs, p, mt, acc, L);
       else compute_bitmap<SPW, NT, BF16, false>(wst, xs, p, mt, acc, L);
@@ -490,23 +447,17 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     }
   } else {
     __syncthreads();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = lane >> 4, hl = lane & 15, g = lane >> 2, t = lane & 3;
-    BitmapLane L;
-    L.below_incl = (2u << (2 * hl)) - 1u;
-    L.rot_lo = (7u - 2u * hl) & 31u;
-    L.rot_hi = (14u - 2u * hl) & 31u;
-    int stream = 2 * warp + h;
-    u32 start = stream > 0 ? ((const u16*)stage)[stream - 1] : 0;
-    u32 base = st + 528 + 2 * start - 2;
+    int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const BitmapLane L = bitmap_lane();
+    u32 base = stream_base(st);
 #pragma unroll
     for (int f = 0; f < 4; f++) {
-      uint4 w = *(const uint4*)(stage + 16 + (((warp * 4 + f) * 2 + h) << 4));
-      u32 ws[4] = {w.x, w.y, w.z, w.w};
+      u32 a[4];
+      decode_fragment(a, st, f, L, base);
 #pragma unroll
-      for (int q = 0; q < 4; q++) {
-        u32 v = decode_reg(ws[q], L, base);
+      for (int q = 0; q < 4; q++) {  // register q of the m16k16 fragment: rows g (+8 if q odd), cols 2t (+8 if q > 1)
         int row = warp * 16 + g + 8 * (q & 1), col = f * 16 + 2 * t + 8 * (q >> 1);
-        *(u32*)(tile + row * BLOCK + col) = v;
+        *(u32*)(tile + row * BLOCK + col) = a[q];
       }
     }
   }
