@@ -1,0 +1,154 @@
+"""Device aid: where does a kernel's time go?  Two measurements in one call.
+
+1. Tensor-core rate: cycles per SMSP of one mma.sync m16n8k16 and of one wgmma m64nNk16 (A from
+   registers and from shared memory), N = 8..64, from a loop of independent MMAs on every SM.
+2. Ablations of the dispatched SpMM kernels on one paper shape: the source is edited in memory
+   (MMA removed, decode removed, ...) and timed against the real kernel, so each part's cost shows.
+   Ablated kernels compute garbage; only their time is read.
+
+usage: python benchmarks/ablate.py [rate] [ablate]     (default both)
+"""
+import sys
+
+import torch
+
+import flashllm
+from flashllm.bench.kernel import clone_weight
+from flashllm.bench.timing import copies_to_defeat_l2, time_graph
+from flashllm.kernels import dispatch, jit
+
+RATE_SRC = r"""
+template <int NT, int CHAINS>
+__global__ void mma_rate(float* out, int iters) {
+  u32 a[4], b[NT][2];
+  for (int i = 0; i < 4; i++) a[i] = 0x3c003c00u ^ ((threadIdx.x * 2654435761u + i * 40503u) & 0x03ff03ffu);
+  for (int n = 0; n < NT; n++) b[n][0] = b[n][1] = 0x3c003c00u ^ ((threadIdx.x * 97u + n) & 0x03ff03ffu);
+  float acc[CHAINS][4] = {};
+  for (int it = 0; it < iters; it++)
+#pragma unroll
+    for (int c = 0; c < CHAINS; c++) mma16816<false>(acc[c], a, b[c % NT]);
+  float s = 0.f;
+  for (int c = 0; c < CHAINS; c++) s += acc[c][0] + acc[c][3];
+  if (s == 12345.f) out[threadIdx.x] = s;
+}
+
+template <int NT, bool RS>
+__global__ void wgmma_rate(float* out, int iters) {
+  __shared__ __align__(1024) u16 tiles[2 * 64 * 64];  // [B: 64 rows | A: 64 rows] x 64 halves
+  for (int i = threadIdx.x; i < 2 * 64 * 64; i += blockDim.x) tiles[i] = 0x3c00 ^ ((i * 2654435761u) & 0x03ff);
+  fence_proxy_async();
+  __syncthreads();
+  const unsigned long long bdesc = sw128_desc(smem_addr(tiles)), adesc = sw128_desc(smem_addr(tiles + 64 * 64));
+  u32 a[4];
+  for (int i = 0; i < 4; i++) a[i] = 0x3c003c00u ^ ((threadIdx.x * 2654435761u + i * 40503u) & 0x03ff03ffu);
+  float acc[2][NT][4] = {};
+  for (int it = 0; it < iters; it++) {
+    wgmma_fence();
+#pragma unroll
+    for (int f = 0; f < 4; f++) {
+      if (RS) wgmma_rs<NT, false>(acc[0], a, bdesc + 2 * f);
+      else wgmma_ss<NT, false>(acc[0], adesc + 2 * f, bdesc + 2 * f);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+  float s = 0.f;
+  for (int n = 0; n < NT; n++) s += acc[0][n][0];
+  if (s == 12345.f) out[threadIdx.x] = s;
+}
+"""
+
+
+def rate() -> None:
+    src = ORIG + RATE_SRC
+    jit._source = lambda: src
+    props = torch.cuda.get_device_properties(0)
+    sms = props.multi_processor_count
+    out = torch.zeros(1024, device="cuda")
+    iters = 2000
+    stream = torch.cuda.current_stream().cuda_stream
+    clock_ghz = None
+    try:
+        import subprocess
+        clock_ghz = float(subprocess.check_output(["nvidia-smi", "--query-gpu=clocks.max.sm",
+                                                   "--format=csv,noheader,nounits"]).split()[0]) / 1e3
+    except Exception:
+        clock_ghz = 1.98
+    print(f"tensor-core rate, {sms} SMs, assuming {clock_ghz:.2f} GHz (max SM clock)")
+    for name, ctas_per_sm, per_iter_mmas, flops_per in (
+            [(f"mma_rate<{nt},8>", 4, 8, 2 * 16 * 8 * 16) for nt in (1, 2, 4)] +
+            [(f"wgmma_rate<{nt},{rs}>", 2, 4, 2 * 64 * 8 * nt * 16) for nt in (1, 2, 4, 8) for rs in ("true", "false")]):
+        k = jit.get_kernel(name, 0, (9, 0))
+        grid = (sms * ctas_per_sm, 1, 1)
+        args = [out.data_ptr(), __import__("ctypes").c_int(iters)]
+        k.launch_args(grid, (128, 1, 1), stream, args)
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        k.launch_args(grid, (128, 1, 1), stream, args)
+        e1.record()
+        e1.synchronize()
+        sec = e0.elapsed_time(e1) * 1e-3
+        warps = grid[0] * 4
+        if name.startswith("mma"):
+            count = warps * iters * per_iter_mmas  # warp-level instructions
+            per_smsp = count / (sms * 4)
+        else:
+            count = grid[0] * iters * per_iter_mmas  # warpgroup-level instructions
+            per_smsp = count / sms  # each wgmma occupies all 4 SMSPs' tensor cores
+        tflops = count * flops_per / sec / 1e12
+        print(f"  {name:22s} {tflops:7.1f} TFLOPS  {sec * clock_ghz * 1e9 / per_smsp:6.1f} cycles per instruction "
+              f"{'per SMSP' if name.startswith('mma') else '(whole SM)'}", flush=True)
+
+
+# Edits of the kernel source, applied in order; each (old, new) must match.
+ORIG = jit._source()
+KEEP = 'asm volatile("" :: "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]));'
+ABLATIONS = {
+    "no-mma": [("for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);",
+                KEEP + ' asm volatile("" :: "r"(b[0][0]));')],
+    "no-decode": [(f"a[{i}] = decode_reg(w{i}, L, base);", f"a[{i}] = w{i};") for i in range(4)],
+    "no-scatter": [("      scatter_csl<SPW>(wst, dense, p, ptrs, nk, mt, it);\n", "\n")],
+    "no-zero": [("      clear_strips<SPW>(dense);  // own strip", "      // own strip")],
+}
+COMBOS = {"bitmap": ["no-mma", "no-decode", "no-decode+no-mma"],
+          "tiled_csl": ["no-mma", "no-scatter", "no-zero", "no-scatter+no-zero", "no-scatter+no-zero+no-mma"]}
+
+
+def ablate() -> None:
+    base_src = ORIG
+    m, k = 27648, 9216
+    w = torch.randn(m, k, device="cuda").half()
+    wcopies = [w] + [w.clone() for _ in range(copies_to_defeat_l2(w.numel() * 2) - 1)]
+    for s in (0.5, 0.9):
+        mask = torch.rand(m, k, device="cuda") >= s
+        for fmt in ("bitmap", "tiled_csl"):
+            sw = flashllm.compress(w * mask, fmt)
+            copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
+            for n in (8, 32, 64):
+                x = torch.randn(n, k, device="cuda").half()
+                dense = time_graph([lambda c=c: torch.nn.functional.linear(x, c) for c in wcopies], launches=10, replays=3)
+                row = []
+                for combo in ["base"] + COMBOS[fmt]:
+                    src = base_src
+                    if combo != "base":
+                        for part in combo.split("+"):
+                            for old, new in ABLATIONS[part]:
+                                assert old in src, (part, old)
+                                src = src.replace(old, new)
+                    jit._source = lambda src=src: src
+                    jit._loaded.clear()
+                    us = time_graph([lambda c=c: dispatch.spmm_kernel(x, c) for c in copies], launches=10, replays=3)
+                    row.append(f"{combo} {us:6.1f}")
+                jit._source = lambda: base_src
+                cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, hopper=True)
+                print(f"{s:.0%} {fmt:9s} N={n:2d} cuBLAS {dense:6.1f} | " + " | ".join(row) +
+                      f"  [spw={cfg.spw} st={cfg.stages} split={cfg.split} wg={cfg.wg}]", flush=True)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1:] or ["rate", "ablate"]
+    if "rate" in what:
+        rate()
+    if "ablate" in what:
+        ablate()
