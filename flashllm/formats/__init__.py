@@ -6,6 +6,7 @@ import torch
 
 from . import bitmap, tiled_csl
 from .base import FORMATS, SparseWeight, check_weight, value_dtype_for
+from .concat import cat_rows
 from .layout import BLOCK, to_blocks
 
 _CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap}
@@ -47,23 +48,9 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
     if weight.shape[0] <= rows:
         return codec.encode(weight, value_dtype)
     parts = [codec.encode(weight[r:r + rows], value_dtype) for r in range(0, weight.shape[0], rows)]
-    return _concat_rows(parts, tuple(weight.shape))
+    return cat_rows(parts)
 
 
 CHUNK_ELEMENTS = 1 << 23
 
-
-def _concat_rows(parts: list[SparseWeight], shape: tuple[int, int]) -> SparseWeight:
-    data_key, ptr_key = parts[0].tensors.keys()
-    datas, ptrs, offset = [], [], 0
-    for p in parts:
-        datas.append(p.tensors[data_key])
-        ptrs.append(p.tensors[ptr_key][:-1] + offset)
-        offset += p.tensors[data_key].numel()
-    ptrs.append(torch.tensor([offset], dtype=torch.int64, device=datas[0].device))
-    return SparseWeight(parts[0].format, shape, parts[0].dtype, sum(p.nnz for p in parts),
-                        max(p.max_block_bytes for p in parts),
-                        {data_key: torch.cat(datas), ptr_key: torch.cat(ptrs)})
-
-
-__all__ = ["SparseWeight", "compress", "codec_for", "predicted_nbytes", "FORMATS"]
+__all__ = ["SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "FORMATS"]
