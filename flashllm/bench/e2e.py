@@ -15,6 +15,9 @@ torchrun, one process per GPU; rank 0 prints and writes): every rank builds only
 weights that do not depend on G (so `--tp 1` and `--tp 2` run the same network), and `hf` is skipped.
 Rows then also give tokens per GPU-second (tokens/s / G) and the all-reduce time per decode step:
 2 per layer on the step's [batch, dim] activation, timed on their own (CUDA events on a GPU).
+
+The engine fuses q/k/v and gate/up into one linear each (`flashllm/engine/fuse.py`); --no-fuse keeps them
+apart, for comparison. The dense engine's fused linears are copies next to the transformers model's own.
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ def run_dense(args, prompts, a, device, dtype, copy_bw) -> list[dict]:
     hf = build_hf(args, device, dtype)
     sync(device)
     build_s = time.perf_counter() - t0
-    engine = from_hf(hf)
+    engine = from_hf(hf, fuse=a.fuse)
     step_bytes, weights = engine.weight_nbytes(per_step=True), engine.weight_nbytes()
     print(f"# dense {dtype}: {weights / GB:.2f} GB of weights, built by transformers in {build_s:.1f} s", flush=True)
     for b in a.batch:
@@ -216,7 +219,7 @@ def tp_kwargs(a) -> dict:
 def run_dense_tp(args, prompts, a, device, dtype, copy_bw) -> list[dict]:
     """--tp: our dense engine on this rank's dense shard, built per rank (no HF model: it cannot be sharded)."""
     free_memory(device)
-    model, built = random_model(args, sparsity=0.0, device=device, dtype=dtype, seed=0, **tp_kwargs(a))
+    model, built = random_model(args, sparsity=0.0, device=device, dtype=dtype, seed=0, fuse=a.fuse, **tp_kwargs(a))
     print(f"# dense {dtype}, tp {a.world}: {built}", flush=True)
     rows = [report(measure_engine(model, prompts[:b], a, device, "dense", 0.0, "dense", copy_bw,
                                   dict(build_s=built.seconds))) for b in a.batch]
@@ -229,7 +232,7 @@ def run_sparse(args, prompts, a, device, dtype, copy_bw, sparsity) -> list[dict]
     free_memory(device)
     try:
         model, built = random_model(args, sparsity=sparsity, format=a.format, device=device, dtype=dtype, seed=0,
-                                    **tp_kwargs(a))
+                                    fuse=a.fuse, **tp_kwargs(a))
     except torch.OutOfMemoryError as e:
         free_memory(device)
         return [row(f"sparse-{sparsity:.0%}", sparsity, a.format, b, a, note=f"build out of memory: {e}"[:160])
@@ -340,6 +343,7 @@ def parse_args(argv):
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     ap.add_argument("--device", default=None, help="cuda (default when available), cuda:1, cpu (smoke runs)")
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", help="decode eagerly")
+    ap.add_argument("--no-fuse", dest="fuse", action="store_false", help="keep q/k/v and gate/up as separate linears")
     ap.add_argument("--reps", type=int, default=1, help="measured runs per row after the warm-up (best kept)")
     ap.add_argument("--out", default=None, help="directory for the JSON and PNG")
     ap.add_argument("--tp", type=int, default=None, metavar="G",
@@ -406,7 +410,7 @@ def _bench(a: argparse.Namespace) -> dict:
     result = dict(model=a.model, layers=args.n_layers, args=args.to_dict(), device=name, gpus=a.world, tp=a.tp,
                   date=str(date.today()), torch=torch.__version__, host=platform.node(), dtype=a.dtype,
                   prompt=a.prompt, new_tokens=a.new, format=a.format, cuda_graph=a.cuda_graph and device.type == "cuda",
-                  copy_bw_GBs=copy_bw / GB, rows=rows)
+                  fused=a.fuse, copy_bw_GBs=copy_bw / GB, rows=rows)
     table = summarize(result)
     print("\n" + table)
     if a.out and a.rank == 0:

@@ -7,6 +7,7 @@ CUDA-graph decode, whose block linears are dense `nn.Linear` or compressed `Spar
 """
 
 from .args import ModelArgs, supports
+from .fuse import fuse_projections
 from .generate import GenerationOutput, Generator, generate
 from .kv_cache import KVCache
 from .load import BuildReport, from_hf, load_model, random_model, with_dense_linears
@@ -16,4 +17,4 @@ from .sampling import Sampling, sample
 
 __all__ = ["ModelArgs", "supports", "Transformer", "KVCache", "Generator", "GenerationOutput", "generate",
            "Sampling", "sample", "from_hf", "load_model", "random_model", "with_dense_linears", "BuildReport",
-           "PRESETS", "preset", "to_hf_config"]
+           "PRESETS", "preset", "to_hf_config", "fuse_projections"]

@@ -6,7 +6,9 @@
                          one at a time: the dense model never exists (for models too big to hold dense)
 
 The engine model takes the transformers model's modules and parameters as they are (no copies):
-a linear slot receives the `nn.Linear` or `SparseLinear` object itself.
+a linear slot receives the `nn.Linear` or `SparseLinear` object itself. Each builder then fuses q/k/v
+and gate/up (`fuse.py`; fuse=False keeps them apart): the fused linears are new tensors, so a
+transformers model that stays alive next to the engine keeps its own copy of those.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from ..formats import compress
 from ..nn import SparseLinear
 from .args import ModelArgs
+from .fuse import fuse_like, fuse_projections
 from .model import Transformer
 from .presets import preset
 
@@ -47,9 +50,9 @@ def hf_module_names(args: ModelArgs) -> dict[str, str]:
     return names
 
 
-def from_hf(hf_model: nn.Module) -> Transformer:
-    """The engine model running `hf_model`'s own weights (shared, not copied); its linears may be
-    nn.Linear or SparseLinear (e.g. after flashllm.sparsify.sparsify_)."""
+def from_hf(hf_model: nn.Module, fuse: bool = True) -> Transformer:
+    """The engine model running `hf_model`'s own weights (shared, not copied, but for the fused
+    projections); its linears may be nn.Linear or SparseLinear (e.g. after flashllm.sparsify.sparsify_)."""
     args = ModelArgs.from_hf_config(hf_model.config)
     with torch.device("meta"):
         model = Transformer(args)
@@ -58,11 +61,11 @@ def from_hf(hf_model: nn.Module) -> Transformer:
         if target is not None:
             _adopt(model, ours, target, _get(hf_model, theirs), theirs)
     _check_loaded(model)
-    return model.eval()
+    return (fuse_projections(model) if fuse else model).eval()
 
 
 def load_model(path, device=None, dtype=None, format: str = "auto",
-               sparsity_threshold: float | None = 0.3) -> Transformer:
+               sparsity_threshold: float | None = 0.3, fuse: bool = True) -> Transformer:
     """Load a checkpoint directory with flashllm.models.from_pretrained (dense, sparse-bitmask or
     flashllm; linears with at least `sparsity_threshold` zeros are compressed) and wrap it."""
     from pathlib import Path
@@ -71,7 +74,7 @@ def load_model(path, device=None, dtype=None, format: str = "auto",
     from ..models.checkpoint import load_config
     ModelArgs.from_hf_config(load_config(Path(path)))  # unsupported model types fail before any weight is read
     return from_hf(from_pretrained(path, device=device, dtype=dtype, format=format,
-                                   sparsity_threshold=sparsity_threshold))
+                                   sparsity_threshold=sparsity_threshold), fuse=fuse)
 
 
 def _get(model: nn.Module, name: str):
@@ -110,7 +113,7 @@ def with_dense_linears(model: Transformer) -> Transformer:
     """A second engine model sharing `model`'s non-linear weights, each SparseLinear expanded to an
     nn.Linear holding exactly the stored values (the dense baseline on the same pruned weights)."""
     with torch.device("meta"):
-        dense = Transformer(model.args)
+        dense = fuse_like(Transformer(model.args), model)
     for name, target in list(dense.named_modules()):
         if list(target.children()):
             continue  # containers; their leaves are adopted one by one
@@ -145,7 +148,7 @@ class BuildReport:
 def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "auto", device=None,
                  dtype: torch.dtype = torch.float16, seed: int = 0, n_layers: int | None = None,
                  std: float = 0.02, progress: bool = False, tp_rank: int = 0, tp_world: int | None = None,
-                 tp_group=None) -> tuple[Transformer, BuildReport]:
+                 tp_group=None, fuse: bool = True) -> tuple[Transformer, BuildReport]:
     """A model with N(0, std) weights; with sparsity > 0, each block linear is pruned by a uniformly
     random mask and compressed where it was drawn, before the next one is drawn, so peak memory is
     the compressed model plus one dense layer. lm_head and the embeddings stay dense.
@@ -202,6 +205,8 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
                 dense_bytes += p.numel() * dtype.itemsize
             setattr(module, pname, _param(value))
     _check_loaded(model)
+    if fuse:
+        fuse_projections(model)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     report = BuildReport(time.perf_counter() - started, model.weight_nbytes(), dense_bytes,

@@ -4,6 +4,8 @@ Every linear layer of a block (q, k, v, o, FFN gate/up/down) is whatever module 
 `nn.Linear` runs dense (cuBLAS), `flashllm.nn.SparseLinear` runs the compressed weight through
 `flashllm.spmm`. There is one code path; the module type decides. Module names follow Hugging
 Face's Llama (q_proj, ..., gate_proj, up_proj, down_proj) so the mapping in `load.py` stays a table.
+Built models then fuse q/k/v into `qkv_proj` and gate/up into `gate_up_proj` where they can (`fuse.py`);
+the forward runs either form.
 
 `forward(tokens, slots, starts, attn_len)` runs T new tokens per sequence: it writes their keys and
 values into the static cache at `slots` and attends to cache slots [0, attn_len). See `kv_cache.py`
@@ -53,6 +55,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
         self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.qkv_proj = None  # q, k and v in one linear once `fuse.py` fused them
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
         # OPT scales q right after its projection (and not in the softmax); Llama in the softmax.
         self.q_scale = args.head_dim ** -0.5 if args.family == "opt" else None
@@ -61,12 +64,15 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
         """x [B, T, dim]; mask [B, 1, T, L] bool (True = attend); rope (cos, sin) [B, 1, T, D] or None."""
         b, t, _ = x.shape
-        q = self.q_proj(x)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.fused_sizes, -1)  # views; .view below splits only their last dim
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_scale is not None:
             q = q * self.q_scale
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         keys, values = self.kv_cache.update(slots, k, v)
@@ -74,6 +80,12 @@ class Attention(nn.Module):
         y = grouped_attention(q, keys[:, :, :attn_len], values[:, :, :attn_len], mask,
                               1.0 if self.q_scale is not None else self.head_dim ** -0.5)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    @property
+    def fused_sizes(self) -> list[int]:
+        """Output widths of q, k and v (this rank's heads under tensor parallelism)."""
+        kv = self.n_kv_heads * self.head_dim
+        return [self.n_heads * self.head_dim, kv, kv]
 
 
 def grouped_attention(q, k, v, mask, scale) -> torch.Tensor:
@@ -99,12 +111,22 @@ class FeedForward(nn.Module):
         self.act = ACTIVATIONS[args.activation]
         self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=args.ffn_bias) if args.gated_ffn else None
         self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=args.ffn_bias)
+        self.gate_up_proj = None  # gate and up in one linear once `fuse.py` fused them
         self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=args.ffn_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_proj is None:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).split(self.fused_sizes, -1)
+        elif self.gate_proj is not None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
             return self.down_proj(self.act(self.up_proj(x)))
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(gate) * up)
+
+    @property
+    def fused_sizes(self) -> list[int]:
+        """Output widths of gate and up (this rank's rows under tensor parallelism)."""
+        return [self.down_proj.in_features] * 2
 
 
 class Block(nn.Module):

@@ -22,7 +22,9 @@ so every shard is a valid SparseWeight of its own. Three ways to get a rank's mo
   random_model(preset, tp_rank=r, tp_world=G)     builds only this rank's slices; the weights do not depend
                                                   on G (drawn per KV-head-sized unit), so G=1 and G=2 runs
                                                   of one seed are the same network
-G=1 is the plain engine: no process group, no hooks.
+G=1 is the plain engine: no process group, no hooks. Each rank fuses its own q/k/v and gate/up slices
+(`fuse.py`) after the split: the builders above fuse last, and shard_model unfuses a fused block before
+slicing it and fuses it again after.
 
 Launch (one process per GPU; rank/world from torchrun's environment):
     torchrun --standalone --nproc-per-node 2 -m flashllm.engine.tp --preset opt-30b --sparsity 0.8
@@ -44,6 +46,7 @@ from torch import nn
 
 from ..nn import SparseLinear
 from .args import ModelArgs
+from .fuse import fuse_block, fuse_projections, unfuse_block
 
 COLUMN = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "ffn.gate_proj", "ffn.up_proj")
 ROW = ("attn.o_proj", "ffn.down_proj")
@@ -91,7 +94,9 @@ def shard_model(model, rank: int, world: int, group=None, format: str = "auto",
     A SparseLinear is decompressed, sliced and recompressed in its own format and value dtype; a dense
     nn.Linear keeps its slice dense unless at least `sparsity_threshold` of the slice is zeros (then it
     is compressed in `format`; None: never). The full weights are dropped as each linear is replaced,
-    so peak memory is the full model plus one layer. world=1 returns the model as it is.
+    so peak memory is the full model plus one layer. A block whose projections were fused is unfused,
+    sliced and fused again (a compressed fused linear is decompressed and recompressed per part on the
+    way). world=1 returns the model as it is.
     """
     args = model.args
     check_tp(args, world)
@@ -104,6 +109,7 @@ def shard_model(model, rank: int, world: int, group=None, format: str = "auto",
     info = TPInfo(rank, world, group)
     reduce_hook = _AllReduce(info)
     for block in model.layers:
+        was_fused = unfuse_block(block)
         for name in COLUMN + ROW:
             parent_name, _, child = name.rpartition(".")
             parent = block.get_submodule(parent_name)
@@ -113,6 +119,8 @@ def shard_model(model, rank: int, world: int, group=None, format: str = "auto",
                                                      format, sparsity_threshold))
         block.attn.n_heads //= world
         block.attn.n_kv_heads //= world
+        if was_fused:
+            fuse_block(block)
         block.attn.register_forward_hook(reduce_hook)
         block.ffn.register_forward_hook(reduce_hook)
     model.tp = info
@@ -294,7 +302,7 @@ def time_all_reduce(shape, dtype: torch.dtype, device: torch.device, count: int,
 
 
 def load_sharded(path, rank: int, world: int, group=None, device=None, dtype=None, format: str = "auto",
-                 sparsity_threshold: float | None = 0.3):
+                 sparsity_threshold: float | None = 0.3, fuse: bool = True):
     """This rank's part of a checkpoint directory, read rank-locally: a dense (or dense-with-zeros)
     checkpoint's block linears are read slice by slice from safetensors (`get_slice`), so no rank ever
     holds another rank's part; a flashllm compressed layer is read whole, decompressed, sliced and
@@ -303,7 +311,7 @@ def load_sharded(path, rank: int, world: int, group=None, device=None, dtype=Non
     `format` (None: never); everything else (embeddings, norms, lm_head) is replicated. Gives the model
     `shard_model(load_model(path, sparsity_threshold=None), ...)` gives, without the full dense model."""
     if world == 1:
-        return load_dense_then_shard(path, rank, world, group, device, dtype, format, sparsity_threshold)
+        return load_dense_then_shard(path, rank, world, group, device, dtype, format, sparsity_threshold, fuse)
     from pathlib import Path
 
     from ..models import checkpoint as ck
@@ -404,16 +412,17 @@ def load_sharded(path, rank: int, world: int, group=None, device=None, dtype=Non
             _adopt(model, ours, target, _get(hf, theirs), theirs)
     _check_loaded(model)
     assert model.tp == info
-    return model.eval()
+    return (fuse_projections(model) if fuse else model).eval()
 
 
 def load_dense_then_shard(path, rank: int, world: int, group=None, device=None, dtype=None, format: str = "auto",
-                          sparsity_threshold: float | None = 0.3):
+                          sparsity_threshold: float | None = 0.3, fuse: bool = True):
     """The checkpoint loaded whole (dense block linears) on this rank, then sharded: every rank briefly
     holds the full model. The reference `load_sharded` is checked against; world=1's loader."""
     from .load import load_model
-    return shard_model(load_model(path, device=device, dtype=dtype, sparsity_threshold=None),
-                       rank, world, group, format=format, sparsity_threshold=sparsity_threshold)
+    model = shard_model(load_model(path, device=device, dtype=dtype, sparsity_threshold=None, fuse=False),
+                        rank, world, group, format=format, sparsity_threshold=sparsity_threshold)
+    return fuse_projections(model) if fuse else model
 
 
 def main(argv=None) -> None:

@@ -54,6 +54,15 @@ def tiny_model(kind: str, sparsity: float = 0.5, seed: int = 0, **overrides):
     return model
 
 
+def compressed_projections(model) -> int:
+    """How many of the blocks' projections are SparseLinears, a fused linear counting once per part."""
+    from flashllm.engine.fuse import GROUPS
+    from flashllm.nn import SparseLinear
+    parts = {fused: len(names) for _, fused, names in GROUPS}
+    return sum(parts.get(name.rsplit(".", 1)[-1], 1) for name, m in model.layers.named_modules()
+               if isinstance(m, SparseLinear))
+
+
 def left_padded(prompts=PROMPTS, pad=PAD):
     t = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (t - len(p)) + p for p in prompts])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine_models import PAD, PROMPTS, hf_generate, tiny_model
+from engine_models import PAD, PROMPTS, compressed_projections, hf_generate, tiny_model
 from flashllm.engine import (PRESETS, Generator, ModelArgs, from_hf, load_model, preset, random_model, supports,
                              to_hf_config, with_dense_linears)
 from flashllm.models import from_pretrained, save_pretrained
@@ -21,7 +21,7 @@ def test_load_a_flashllm_checkpoint(tmp_path):
     hf = tiny_model("opt")
     save_pretrained(hf, tmp_path / "ckpt")
     model = load_model(tmp_path / "ckpt", device="cpu")
-    assert sum(isinstance(m, SparseLinear) for m in model.layers.modules()) == 12
+    assert compressed_projections(model) == 12
     assert torch.equal(engine_tokens(model), hf_generate(hf, max_new_tokens=12))
 
 
@@ -34,7 +34,7 @@ def test_load_a_dense_checkpoint_holding_zeros(tmp_path):
                 p.mul_(torch.rand(p.shape) >= 0.6)
     hf.save_pretrained(tmp_path / "dense")
     model = load_model(tmp_path / "dense", device="cpu")
-    assert sum(isinstance(m, SparseLinear) for m in model.layers.modules()) == 14
+    assert compressed_projections(model) == 14
     reference = from_pretrained(tmp_path / "dense", device="cpu")  # the same values (fp16-stored), in transformers
     assert torch.equal(engine_tokens(model), hf_generate(reference, max_new_tokens=12))
 
@@ -54,7 +54,8 @@ def test_unsupported_models_are_refused_before_loading(tmp_path):
 def test_from_hf_shares_weights_instead_of_copying():
     hf = tiny_model("llama")
     model = from_hf(hf)
-    assert model.layers[1].attn.q_proj is hf.model.layers[1].self_attn.q_proj
+    assert model.layers[1].attn.o_proj is hf.model.layers[1].self_attn.o_proj
+    assert from_hf(hf, fuse=False).layers[1].ffn.up_proj is hf.model.layers[1].mlp.up_proj  # fusing copies
     assert model.layers[0].ffn_norm.weight is hf.model.layers[0].post_attention_layernorm.weight
     assert model.embed_tokens.weight is hf.model.embed_tokens.weight
 
@@ -63,9 +64,9 @@ def test_from_hf_shares_weights_instead_of_copying():
 def test_random_sparse_model(name):
     model, report = random_model(name, sparsity=0.8, device="cpu", dtype=torch.float32)
     linears = [m for m in model.layers.modules() if isinstance(m, SparseLinear)]
-    assert len(linears) == 2 * (7 if model.args.gated_ffn else 6)
+    assert len(linears) == 2 * 4 and compressed_projections(model) == 2 * (7 if model.args.gated_ffn else 6)
     assert all(abs(m.weight.sparsity - 0.8) < 0.02 for m in linears)
-    assert abs(report.sparsity - 0.8) < 0.01 and report.formats == {"bitmap": len(linears)}
+    assert abs(report.sparsity - 0.8) < 0.01 and report.formats == {"bitmap": compressed_projections(model)}
     assert report.weight_bytes < 0.6 * report.dense_bytes and report.seconds > 0
     assert isinstance(model.lm_head, nn.Linear)
     if model.args.tie_embeddings:

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from engine_models import PAD, PROMPTS, hf_generate, left_padded, tiny_model
+from engine_models import PAD, PROMPTS, compressed_projections, hf_generate, left_padded, tiny_model
 from flashllm.engine import Generator, from_hf
-from flashllm.nn import SparseLinear
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 KINDS = ["opt", "opt-post-ln", "llama", "qwen2", "mistral"]
@@ -16,7 +15,7 @@ def test_greedy_tokens_equal_hugging_face(kind):
     hf = tiny_model(kind)
     expected = hf_generate(hf, max_new_tokens=16)
     engine = from_hf(hf)
-    assert sum(isinstance(m, SparseLinear) for m in engine.layers.modules()) == 2 * (7 if engine.args.gated_ffn else 6)
+    assert compressed_projections(engine) == 2 * (7 if engine.args.gated_ffn else 6)
     out = Generator(engine, max_batch_size=3, max_seq_len=32, kv_bucket=8).generate(PROMPTS, 16, pad_token_id=PAD)
     assert out.tokens.shape == (3, 16) and out.decode_steps == 15
     assert torch.equal(out.tokens, expected)

@@ -2,7 +2,8 @@
 
 One spawn runs every scenario (process start-up and imports dominate); each rank saves what it saw
 and the tests below check it: G=2 greedy tokens equal G=1's, and every shard is exactly its slice
-of the full (pruned) weight, compressed on its own.
+of the full (pruned) weight, compressed on its own. The models run fused (q/k/v, gate/up) where the
+rank's slices stack; the slices are compared unfused.
 """
 
 import os
@@ -15,6 +16,7 @@ import torch.multiprocessing as mp
 
 from engine_models import PAD, PROMPTS, tiny_model
 from flashllm.engine import Generator, from_hf, random_model
+from flashllm.engine.fuse import unfuse_block
 from flashllm.engine.tp import COLUMN, ROW, shard_model, shard_slice
 from flashllm.nn import SparseLinear
 
@@ -39,8 +41,14 @@ def block_linears(model):
                 yield f"layers.{i}.{name}", name, linear
 
 
+def fused_groups(model) -> int:
+    return sum(m is not None for block in model.layers for m in (block.attn.qkv_proj, block.ffn.gate_up_proj))
+
+
 def shard_report(full, shard, rank):
-    """name -> (is SparseLinear, shard equals its slice of the full weight, bias as expected)."""
+    """name -> (is SparseLinear, shard equals its slice of the full weight, bias as expected); unfuses both."""
+    for block in (*full.layers, *shard.layers):
+        unfuse_block(block)
     out = {}
     shards = {n: m for n, _, m in block_linears(shard)}
     for key, name, linear in block_linears(full):
@@ -83,13 +91,13 @@ def worker(rank, port, out_dir):
                 shard = shard_model(from_hf(hf), rank, WORLD)
                 result[kind, path] = dict(g1=engine_tokens(full), g2=engine_tokens(shard),
                                           sampled=engine_tokens(shard, temperature=1.0, seed=rank),
-                                          shards=shard_report(full, shard, rank))
+                                          fused=fused_groups(shard), shards=shard_report(full, shard, rank))
         for preset in ("opt-tiny", "llama-tiny"):
             build = dict(sparsity=0.5, device="cpu", dtype=torch.float32, std=0.1, n_layers=2)
             full, _ = random_model(preset, tp_world=1, **build)
             shard, _ = random_model(preset, tp_rank=rank, tp_world=WORLD, **build)
             result[preset, "random"] = dict(g1=engine_tokens(full), g2=engine_tokens(shard),
-                                            shards=shard_report(full, shard, rank))
+                                            fused=fused_groups(shard), shards=shard_report(full, shard, rank))
         ok = True
     finally:
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -131,6 +139,18 @@ def test_each_shard_is_its_slice_compressed_on_its_own(ranks, case):
             assert sparse, f"{name} is not a SparseLinear"  # dense zeros-holding slices compressed per rank
             assert same, f"{name} differs from its slice of the full weight"
             assert bias_ok, f"{name}: bias not split as expected"
+
+
+# Per rank, the tiny transformers models' q/k/v slices are 32 rows (cat_rows needs 64) and stay apart;
+# the presets' slices are whole 64-row blocks. Llama's FFN slices (64 rows) always fuse, OPT has no gate.
+FUSED = {("opt", "sparse"): 0, ("opt", "dense"): 0, ("llama", "sparse"): 2, ("llama", "dense"): 2,
+         ("opt-tiny", "random"): 2, ("llama-tiny", "random"): 4}
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_each_rank_fuses_its_own_slices(ranks, case):
+    for rank in ranks:
+        assert rank[case]["fused"] == FUSED[case]
 
 
 def test_sampled_tokens_agree_across_ranks(ranks):
