@@ -7,7 +7,9 @@
    Ablated kernels compute garbage; only their time is read.
 
 usage: python benchmarks/ablate.py [rate] [ablate]     (default both)
+env: COMBOS=fmt=a,b+c;fmt2=d (ablations to time), SPARSITIES=0.5,0.9, NS=8,32,64, CONFIG=spw=1,split=8
 """
+import os
 import sys
 
 import torch
@@ -30,6 +32,31 @@ __global__ void mma_rate(float* out, int iters) {
   float s = 0.f;
   for (int c = 0; c < CHAINS; c++) s += acc[c][0] + acc[c][3];
   if (s == 12345.f) out[threadIdx.x] = s;
+}
+
+// Integer pipes: 8 independent chains of one instruction kind (OP 0 popc, 1 lop3, 2 shf, 3 prmt, 4 imad,
+// 5 popc+lop3 alternating) - how many warp-instructions per clock an SM retires of each.
+template <int OP>
+__global__ void alu_rate(u32* out, int iters) {
+  u32 x[8];
+  for (int c = 0; c < 8; c++) x[c] = threadIdx.x * 2654435761u + c * 40503u;
+  const u32 y = threadIdx.x ^ 0x5bd1e995u, z = threadIdx.x + 7u;
+  for (int it = 0; it < iters; it++)
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+      if (OP == 0) asm volatile("popc.b32 %0, %0;" : "+r"(x[c]));
+      if (OP == 1) asm volatile("lop3.b32 %0, %0, %1, %2, 0x96;" : "+r"(x[c]) : "r"(y), "r"(z));
+      if (OP == 2) asm volatile("shf.l.wrap.b32 %0, %0, %0, %1;" : "+r"(x[c]) : "r"(y));
+      if (OP == 3) asm volatile("prmt.b32 %0, %0, %1, 0x1032;" : "+r"(x[c]) : "r"(y));
+      if (OP == 4) asm volatile("mad.lo.u32 %0, %0, %1, %2;" : "+r"(x[c]) : "r"(y), "r"(z));
+      if (OP == 5) {
+        if (c & 1) asm volatile("popc.b32 %0, %0;" : "+r"(x[c]));
+        else asm volatile("lop3.b32 %0, %0, %1, %2, 0x96;" : "+r"(x[c]) : "r"(y), "r"(z));
+      }
+    }
+  u32 s = 0;
+  for (int c = 0; c < 8; c++) s += x[c];
+  if (s == 12345u) out[threadIdx.x] = s;
 }
 
 template <int NT, bool RS>
@@ -74,7 +101,21 @@ def rate() -> None:
                                                    "--format=csv,noheader,nounits"]).split()[0]) / 1e3
     except Exception:
         clock_ghz = 1.98
-    print(f"tensor-core rate, {sms} SMs, assuming {clock_ghz:.2f} GHz (max SM clock)")
+    print(f"tensor-core and integer-pipe rates, {sms} SMs, assuming {clock_ghz:.2f} GHz (max SM clock)")
+    for op, what in enumerate(("popc", "lop3", "shf", "prmt", "imad", "popc+lop3")):
+        k = jit.get_kernel(f"alu_rate<{op}>", 0, (9, 0))
+        grid = (sms * 8, 1, 1)
+        args = [out.data_ptr(), __import__("ctypes").c_int(iters)]
+        k.launch_args(grid, (128, 1, 1), stream, args)
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        k.launch_args(grid, (128, 1, 1), stream, args)
+        e1.record()
+        e1.synchronize()
+        sec = e0.elapsed_time(e1) * 1e-3
+        per_sm = grid[0] * 4 * iters * 8 / sms  # warp-instructions per SM
+        print(f"  {what:10s} {per_sm / (sec * clock_ghz * 1e9):5.2f} warp-instructions per clock per SM", flush=True)
     for name, ctas_per_sm, per_iter_mmas, flops_per in (
             [(f"mma_rate<{nt},8>", 4, 8, 2 * 16 * 8 * 16) for nt in (1, 2, 4)] +
             [(f"wgmma_rate<{nt},{rs}>", 2, 4, 2 * 64 * 8 * nt * 16) for nt in (1, 2, 4, 8) for rs in ("true", "false")]):
@@ -103,16 +144,65 @@ def rate() -> None:
 
 # Edits of the kernel source, applied in order; each (old, new) must match.
 ORIG = jit._source()
+UNSCATTER = r"""
+template <int SPW>
+__device__ __forceinline__ void unscatter_csl(u32 stage, u32 dense, const Params& p, const i64* ptrs, int nk, int mt,
+                                              int it) {
+#pragma unroll
+  for (int j = 0; j < SPW; j++) {
+    if (mt * SPW + j >= p.MB) break;
+    int vectors = (int)(ptrs[j * (nk + 1) + it + 1] - ptrs[j * (nk + 1) + it]) >> 4;
+    u32 words = stage + j * p.stage_w_bytes, tile = dense + j * BLOCK * BLOCK * 2;
+    for (int v = threadIdx.x; v < vectors; v += THREADS) {
+      u32 w[4];
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(words + (v << 4)));
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(tile + ((w[i] >> 16) << 1)), "h"((u16)0));
+    }
+  }
+}
+"""
 KEEP = 'asm volatile("" :: "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]));'
 ABLATIONS = {
     "no-mma": [("for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);",
                 KEEP + ' asm volatile("" :: "r"(b[0][0]));')],
     "no-decode": [(f"a[{i}] = decode_reg(w{i}, L, base);", f"a[{i}] = w{i};") for i in range(4)],
     "no-scatter": [("      scatter_csl<SPW>(wst, dense, p, ptrs, nk, mt, it);\n", "\n")],
+    "one-lds": [('asm volatile("ld.shared.u16 %0, [%1+2];\\n" : "=h"(hi) : "r"(addr));', "hi = lo;")],
+    "same-stream": [("int stream = 2 * (threadIdx.x >> 5) + ((threadIdx.x >> 4) & 1);", "int stream = 2 * (threadIdx.x >> 5);")],
+    "no-keep": [("return ((u32)lo | ((u32)hi << 16)) & keep;", "return ((u32)lo | ((u32)hi << 16));")],
+    # POPC issues at 16 lanes/clk/SM (a quarter of LOP3's rate): swap each for a LOP3 to see its cost
+    "no-advance-popc": [("base += 2 * __popc(word);", "base += word & 30u;")],
+    "no-prefix-popc": [("u32 c = __popc(word & L.below_incl);", "u32 c = word & L.below_incl & 15u;")],
+    "lb12": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 12) NAME")],
+    "lb16": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 16) NAME")],
     "no-zero": [("      clear_strips<SPW>(dense);  // own strip", "      // own strip")],
+    # what a per-warp Tiled-CSL would save: no CTA barrier between scatter and ldmatrix, and zeros
+    # written back only where the scatter wrote (timing only: without the per-strip format both race)
+    "no-midsync": [("        __syncthreads();\n        if (full) compute_dense<", "        __syncwarp();\n        if (full) compute_dense<")],
+    "unscatter": [("// Zero this warp's strip", UNSCATTER + "// Zero this warp's strip"),
+                  ("      clear_strips<SPW>(dense);  // own strip", "      unscatter_csl<SPW>(wst, dense, p, ptrs, nk, mt, it);  // own strip")],
 }
 COMBOS = {"bitmap": ["no-mma", "no-decode", "no-decode+no-mma"],
           "tiled_csl": ["no-mma", "no-scatter", "no-zero", "no-scatter+no-zero", "no-scatter+no-zero+no-mma"]}
+if os.environ.get("COMBOS"):  # e.g. COMBOS="tiled_csl=no-midsync,unscatter+no-midsync;bitmap=no-mma"
+    COMBOS = {f: c.split(",") for f, c in (part.split("=") for part in os.environ["COMBOS"].split(";"))}
+
+
+# forced config, e.g. CONFIG=spw=1,stages=2
+OVERRIDES = {k: int(v) for k, v in (kv.split("=") for kv in os.environ.get("CONFIG", "").split(",") if kv)}
+
+
+def committed_source(rev: str) -> str:
+    import subprocess
+    show = lambda f: subprocess.run(["git", "show", f"{rev}:flashllm/kernels/csrc/{f}"], check=True,  # noqa: E731
+                                    capture_output=True, text=True).stdout
+    body = show("spmm.cu")
+    for header in ("common.cuh", "wgmma.cuh"):
+        body = body.replace(f'#include "{header}"', show(header))
+    return body
 
 
 def ablate() -> None:
@@ -120,28 +210,33 @@ def ablate() -> None:
     m, k = 27648, 9216
     w = torch.randn(m, k, device="cuda").half()
     wcopies = [w] + [w.clone() for _ in range(copies_to_defeat_l2(w.numel() * 2) - 1)]
-    for s in (0.5, 0.9):
+    for s in map(float, os.environ.get("SPARSITIES", "0.5,0.9").split(",")):
         mask = torch.rand(m, k, device="cuda") >= s
-        for fmt in ("bitmap", "tiled_csl"):
+        for fmt in COMBOS:
             sw = flashllm.compress(w * mask, fmt)
             copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
-            for n in (8, 32, 64):
+            for n in map(int, os.environ.get("NS", "8,32,64").split(",")):
                 x = torch.randn(n, k, device="cuda").half()
                 dense = time_graph([lambda c=c: torch.nn.functional.linear(x, c) for c in wcopies], launches=10, replays=3)
                 row = []
                 for combo in ["base"] + COMBOS[fmt]:
                     src = base_src
-                    if combo != "base":
+                    if combo.startswith("git:"):  # e.g. git:HEAD - the committed kernel, for an A/B
+                        src = committed_source(combo[4:])
+                    elif combo.startswith("file:"):  # a whole inlined source (the device copy has no .git)
+                        src = open(combo[5:]).read()
+                    elif combo != "base":
                         for part in combo.split("+"):
                             for old, new in ABLATIONS[part]:
                                 assert old in src, (part, old)
                                 src = src.replace(old, new)
                     jit._source = lambda src=src: src
                     jit._loaded.clear()
-                    us = time_graph([lambda c=c: dispatch.spmm_kernel(x, c) for c in copies], launches=10, replays=3)
+                    us = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **OVERRIDES) for c in copies],
+                                    launches=10, replays=3)
                     row.append(f"{combo} {us:6.1f}")
                 jit._source = lambda: base_src
-                cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, hopper=True)
+                cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, hopper=True, **OVERRIDES)
                 print(f"{s:.0%} {fmt:9s} N={n:2d} cuBLAS {dense:6.1f} | " + " | ".join(row) +
                       f"  [spw={cfg.spw} st={cfg.stages} split={cfg.split} wg={cfg.wg}]", flush=True)
 

@@ -88,7 +88,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     stage_bytes = spw * stage_w + nt * 8 * 128
     if wg:  # every stage 1024-byte aligned (128-byte swizzle of wgmma operands), +1 KB to align the ring
         stage_bytes = -(-stage_bytes // 1024) * 1024
-    dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else 0
+    # Tiled-CSL: the dense tiles; bitmap: per-warp popcounts of the mask words (128 bytes per warp and block)
+    dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else spw * (THREADS // 32) * 128
     if stages is None:
         stages = 2
     if split is None:

@@ -88,34 +88,51 @@ __device__ __forceinline__ void load_block_ptrs(i64* ptrs, const Params& p, int 
 // lane's first bit) addresses both cases:
 //   first bit set:   value pair starts at the lane's first value   (lo = v[c], hi = v[c+1])
 //   first bit clear: only the second can be set and it is v[c]     (lo = junk, hi = v[c])
-// Junk halves are then masked by the lane's two bits, spread to 16-bit masks with prmt's
-// sign-replication mode.
+// Each half is loaded only when the lane's bit for it is set (a predicated load of a zeroed register),
+// so junk never reaches the fragment.
+//
+// The decode is bound by the integer pipes, not by memory (measured on an H200, benchmarks/ablate.py):
+// POPC retires at a quarter of LOP3's rate (0.48 vs 1.7 warp-instructions per clock per SM).  So
+// per register it does one POPC (the lane's prefix), three ALU ops and fused multiply-adds (which
+// issue to the FMA pipe) for the rest; the stream advance per register, popc(word), is the same
+// for all 16 lanes of a half and is counted once per strip and stage (strip_popcounts).
 struct BitmapLane {
-  u32 below_incl;   // bits 0 .. 2hl (inclusive)
-  u32 rot_lo, rot_hi;  // rotate amounts that bring bit 2hl to bit 7 and bit 2hl+1 to bit 15
+  u32 below_incl;      // bits 0 .. 2hl (inclusive)
+  u32 bit_lo, bit_hi;  // the lane's two bits: 2hl, 2hl + 1
 };
 
 __device__ __forceinline__ BitmapLane bitmap_lane() {
   int hl = threadIdx.x & 15;
   BitmapLane L;
   L.below_incl = (2u << (2 * hl)) - 1u;
-  L.rot_lo = (7u - 2u * hl) & 31u;
-  L.rot_hi = (14u - 2u * hl) & 31u;
+  L.bit_lo = 1u << (2 * hl);
+  L.bit_hi = 2u << (2 * hl);
   return L;
 }
 
-__device__ __forceinline__ u32 decode_reg(u32 word, const BitmapLane& L, u32& base) {
-  u32 c = __popc(word & L.below_incl);
-  u32 addr = base + 2 * c;
-  u16 lo, hi;
-  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(lo) : "r"(addr));
-  asm volatile("ld.shared.u16 %0, [%1+2];\n" : "=h"(hi) : "r"(addr));
-  u32 r7 = __funnelshift_l(word, word, L.rot_lo);
-  u32 r15 = __funnelshift_l(word, word, L.rot_hi);
-  u32 keep;  // bytes 0,1 <- sign of r7.b0 (selector 8); bytes 2,3 <- sign of r15.b1 (selector 8|5)
-  asm("prmt.b32 %0, %1, %2, 0xDD88;\n" : "=r"(keep) : "r"(r7), "r"(r15));
-  base += 2 * __popc(word);
-  return ((u32)lo | ((u32)hi << 16)) & keep;
+// lo | hi << 16 as a multiply-add (FMA pipe): lo < 2^16
+__device__ __forceinline__ u32 pack_halves(u32 lo, u32 hi) {
+  u32 r;
+  asm("mad.lo.u32 %0, %1, 65536, %2;\n" : "=r"(r) : "r"(hi), "r"(lo));
+  return r;
+}
+
+// One 16-bit shared load into a zeroed register, only if (word & bit).
+__device__ __forceinline__ u32 load_half_if(u32 word, u32 bit, u32 addr) {
+  u32 v;
+  asm volatile("{\n.reg .pred p;\n.reg .b32 t;\n"
+               "and.b32 t, %1, %2;\nsetp.ne.u32 p, t, 0;\nmov.b32 %0, 0;\n"
+               "@p ld.shared.u16 %0, [%3];\n}\n" : "=r"(v) : "r"(word), "r"(bit), "r"(addr));
+  return v;
+}
+
+// `count` = popc(word), from strip_popcounts.
+__device__ __forceinline__ u32 decode_reg(u32 word, u32 count, const BitmapLane& L, u32& base) {
+  u32 addr = base + 2 * __popc(word & L.below_incl);
+  u32 lo = load_half_if(word, L.bit_lo, addr);
+  u32 hi = load_half_if(word, L.bit_hi, addr + 2);
+  base += 2 * count;
+  return pack_halves(lo, hi);
 }
 
 // Where this lane's half-warp value stream of the block at `blk` starts, minus 2 bytes (see above):
@@ -127,25 +144,48 @@ __device__ __forceinline__ u32 stream_base(u32 blk) {
   return blk + 528 + 2 * (start & 0xFFFF) - 2;
 }
 
+// Popcounts of the 32 mask words of this warp's strip of the block at `blk`, one per lane, into the
+// warp's 128-byte scratch (word i at 4i: the same order as the masks).  The caller __syncwarp()s.
+__device__ __forceinline__ void strip_popcounts(u32 blk, u32 scratch) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  u32 w;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((warp * 32 + lane) << 2)));
+  asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(scratch + (lane << 2)), "r"((u32)__popc(w)));
+}
+
+// Per-warp popcount scratch of the bitmap kernels: 128 bytes per warp and block of the CTA.
+#define SCRATCH_BYTES(SPW) ((SPW) * (THREADS / 32) * 128)
+__device__ __forceinline__ u32 warp_scratch(u32 scratch, int j) {
+  return scratch + (j * (THREADS / 32) + (threadIdx.x >> 5)) * 128;
+}
+
 // The A fragment (4 registers) of this warp's strip for the 16-wide K slice f of the block at `blk`:
-// the half-warp's four mask words, then one decode per register, advancing `base` along the stream.
-__device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, int f, const BitmapLane& L, u32& base) {
+// the half-warp's four mask words and their popcounts, then one decode per register, advancing
+// `base` along the stream.
+__device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, u32 counts, int f, const BitmapLane& L,
+                                                u32& base) {
   const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
-  u32 w0, w1, w2, w3;
+  u32 w0, w1, w2, w3, c0, c1, c2, c3;
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
-  a[0] = decode_reg(w0, L, base);
-  a[1] = decode_reg(w1, L, base);
-  a[2] = decode_reg(w2, L, base);
-  a[3] = decode_reg(w3, L, base);
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(c0), "=r"(c1), "=r"(c2), "=r"(c3) : "r"(counts + ((f * 2 + h) << 4)));
+  a[0] = decode_reg(w0, c0, L, base);
+  a[1] = decode_reg(w1, c1, L, base);
+  a[2] = decode_reg(w2, c2, L, base);
+  a[3] = decode_reg(w3, c3, L, base);
 }
 
 template <int SPW, int NT, bool BF16, bool FULL>
-__device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, const Params& p, int mt, float (&acc)[SPW][NT][4],
-                                               const BitmapLane& L) {
+__device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, const Params& p, int mt,
+                                               float (&acc)[SPW][NT][4], const BitmapLane& L) {
   u32 base[SPW];
 #pragma unroll
-  for (int j = 0; j < SPW; j++) base[j] = stream_base(stage + j * p.stage_w_bytes);
+  for (int j = 0; j < SPW; j++) {
+    base[j] = stream_base(stage + j * p.stage_w_bytes);
+    strip_popcounts(stage + j * p.stage_w_bytes, warp_scratch(scratch, j));
+  }
+  __syncwarp();
 #pragma unroll
   for (int f = 0; f < 4; f++) {
     u32 b[NT][2];
@@ -154,7 +194,7 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, const Params& 
     for (int j = 0; j < SPW; j++) {
       if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
       u32 a[4];
-      decode_fragment(a, stage + j * p.stage_w_bytes, f, L, base[j]);
+      decode_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f, L, base[j]);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
     }
@@ -261,7 +301,7 @@ __device__ __forceinline__ void wg_load(const Params& p, u32 ring, u32 stage_byt
 // is refilled only once the wgmmas that read its X tile are done, i.e. two stages later: loads run
 // STAGES - 2 stages ahead.  One 64-row block per CTA.
 template <int NT, int STAGES, bool BF16, int SET>
-__device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
+__device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars, u32 scratch,
                                                 const i64* ptrs, int nk, int mt, int n0, int kb0, int it,
                                                 float (&acc)[1][NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
   constexpr int AHEAD = STAGES - 2;
@@ -271,9 +311,12 @@ __device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 s
   wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + AHEAD);
   const u32 stage = ring + (it % STAGES) * stage_bytes, blk = stage + x_bytes;
   u32 base = stream_base(blk);
+  const u32 counts = warp_scratch(scratch, 0);
+  strip_popcounts(blk, counts);
+  __syncwarp();
   const unsigned long long xdesc = sw128_desc(stage);
 #pragma unroll
-  for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, f, L, base);
+  for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, counts, f, L, base);
   // All four fragments first: a register written between a stage's wgmmas would serialize them.
   wgmma_fence();
 #pragma unroll
@@ -291,8 +334,9 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   const u32 x_bytes = NT * 8 * X_ROW_BYTES;
   const u32 stage_bytes = (p.stage_w_bytes + x_bytes + 1023) & ~1023u;  // [X tile | block], 1 KB aligned
   const u32 ring = (smem_addr(smem) + 1023) & ~1023u;
-  const u32 bars = ring + STAGES * stage_bytes;  // one mbarrier per ring slot
-  i64* ptrs = (i64*)(smem + (ring - smem_addr(smem)) + STAGES * stage_bytes + STAGES * 8);
+  const u32 scratch = ring + STAGES * stage_bytes;   // strip popcounts
+  const u32 bars = scratch + SCRATCH_BYTES(1);      // one mbarrier per ring slot
+  i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
   load_block_ptrs<1, false>(ptrs, p, mt, kb0, nk);
   init_stage_barriers<STAGES>(bars);
   __syncthreads();
@@ -309,8 +353,8 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   // accumulators where the paths merge, which serializes the wgmmas (ptxas C7513/C7515).  The extra
   // stage is all zeros (see wg_load) and adds nothing.
   for (int it = 0; it < nk; it += 2) {
-    bitmap_wg_stage<NT, STAGES, BF16, 0>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it, acc, a, L);
-    bitmap_wg_stage<NT, STAGES, BF16, 1>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + 1, acc, a, L);
+    bitmap_wg_stage<NT, STAGES, BF16, 0>(p, ring, stage_bytes, x_bytes, bars, scratch, ptrs, nk, mt, n0, kb0, it, acc, a, L);
+    bitmap_wg_stage<NT, STAGES, BF16, 1>(p, ring, stage_bytes, x_bytes, bars, scratch, ptrs, nk, mt, n0, kb0, it + 1, acc, a, L);
   }
   wgmma_wait<0>();
   cp_async_wait<0>();
@@ -337,8 +381,8 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const u32 ring = WG ? (smem_addr(smem) + 1023) & ~1023u : smem_addr(smem);
   const u32 w_off = WG ? x_bytes : 0, x_off = WG ? 0 : SPW * p.stage_w_bytes;
   const bool full = (mt + 1) * SPW <= p.MB;  // every row block of this CTA exists (all but the last CTA)
-  const u32 dense = ring + STAGES * stage_bytes;  // CSL only: SPW dense 64x64 tiles
-  const u32 bars = dense + (CSL ? SPW * BLOCK * BLOCK * 2 : 0);  // one mbarrier per ring slot
+  const u32 dense = ring + STAGES * stage_bytes;  // CSL: SPW dense 64x64 tiles; bitmap: strip popcounts
+  const u32 bars = dense + (CSL ? SPW * BLOCK * BLOCK * 2 : SCRATCH_BYTES(SPW));  // one mbarrier per ring slot
   i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
   load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
   init_stage_barriers<STAGES>(bars);
@@ -393,8 +437,8 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
       }
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
     } else {
-      if (full) compute_bitmap<SPW, NT, BF16, true>(wst, xs, p, mt, acc, L);
-      else compute_bitmap<SPW, NT, BF16, false>(wst, xs, p, mt, acc, L);
+      if (full) compute_bitmap<SPW, NT, BF16, true>(wst, xs, dense, p, mt, acc, L);
+      else compute_bitmap<SPW, NT, BF16, false>(wst, xs, dense, p, mt, acc, L);
     }
   }
   cp_async_wait<0>();
@@ -427,6 +471,7 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
                                                       u16* __restrict__ out, int mb0, int rows, int K, int KB) {
   __shared__ __align__(16) u8 stage[BLOCK * BLOCK * 4 + 16];
   __shared__ __align__(16) u16 tile[BLOCK * BLOCK];
+  __shared__ __align__(16) u8 counts[SCRATCH_BYTES(1)];
   const int mb = blockIdx.y, kb = blockIdx.x;  // mb counts from the chunk's first row block mb0
   const i64 b = (i64)(mb0 + mb) * KB + kb;
   const i64 unit = CSL ? 4 : 1;
@@ -450,10 +495,13 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     const BitmapLane L = bitmap_lane();
     u32 base = stream_base(st);
+    const u32 scratch = warp_scratch(smem_addr(counts), 0);
+    strip_popcounts(st, scratch);
+    __syncwarp();
 #pragma unroll
     for (int f = 0; f < 4; f++) {
       u32 a[4];
-      decode_fragment(a, st, f, L, base);
+      decode_fragment(a, st, scratch, f, L, base);
 #pragma unroll
       for (int q = 0; q < 4; q++) {  // register q of the m16k16 fragment: rows g (+8 if q odd), cols 2t (+8 if q > 1)
         int row = warp * 16 + g + 8 * (q & 1), col = f * 16 + 2 * t + 8 * (q >> 1);
