@@ -142,52 +142,27 @@ def rate() -> None:
               f"{'per SMSP' if name.startswith('mma') else '(whole SM)'}", flush=True)
 
 
-# Edits of the kernel source, applied in order; each (old, new) must match.
+# Edits of the kernel source, applied in order; each (old, new) must match.  (The decode ablations that
+# led to the one-POPC decode - one load, no keep mask, POPC swapped for LOP3 - edited the earlier decode;
+# their results are in flashllm/kernels/NOTES.md.)
 ORIG = jit._source()
-UNSCATTER = r"""
-template <int SPW>
-__device__ __forceinline__ void unscatter_csl(u32 stage, u32 dense, const Params& p, const i64* ptrs, int nk, int mt,
-                                              int it) {
-#pragma unroll
-  for (int j = 0; j < SPW; j++) {
-    if (mt * SPW + j >= p.MB) break;
-    int vectors = (int)(ptrs[j * (nk + 1) + it + 1] - ptrs[j * (nk + 1) + it]) >> 4;
-    u32 words = stage + j * p.stage_w_bytes, tile = dense + j * BLOCK * BLOCK * 2;
-    for (int v = threadIdx.x; v < vectors; v += THREADS) {
-      u32 w[4];
-      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                   : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(words + (v << 4)));
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-        asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(tile + ((w[i] >> 16) << 1)), "h"((u16)0));
-    }
-  }
-}
-"""
+
 KEEP = 'asm volatile("" :: "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]));'
 ABLATIONS = {
     "no-mma": [("for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);",
                 KEEP + ' asm volatile("" :: "r"(b[0][0]));')],
-    "no-decode": [(f"a[{i}] = decode_reg(w{i}, L, base);", f"a[{i}] = w{i};") for i in range(4)],
+    "no-decode": [(f"a[{i}] = decode_reg(w{i}, c{i}, L, base);", f"a[{i}] = w{i};") for i in range(4)],
     "no-scatter": [("      scatter_csl<SPW>(wst, dense, p, ptrs, nk, mt, it);\n", "\n")],
-    "one-lds": [('asm volatile("ld.shared.u16 %0, [%1+2];\\n" : "=h"(hi) : "r"(addr));', "hi = lo;")],
-    "same-stream": [("int stream = 2 * (threadIdx.x >> 5) + ((threadIdx.x >> 4) & 1);", "int stream = 2 * (threadIdx.x >> 5);")],
-    "no-keep": [("return ((u32)lo | ((u32)hi << 16)) & keep;", "return ((u32)lo | ((u32)hi << 16));")],
-    # POPC issues at 16 lanes/clk/SM (a quarter of LOP3's rate): swap each for a LOP3 to see its cost
-    "no-advance-popc": [("base += 2 * __popc(word);", "base += word & 30u;")],
-    "no-prefix-popc": [("u32 c = __popc(word & L.below_incl);", "u32 c = word & L.below_incl & 15u;")],
+    "lb8": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 8) NAME")],
     "lb12": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 12) NAME")],
     "lb16": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 16) NAME")],
     "no-zero": [("      clear_strips<SPW>(dense);  // own strip", "      // own strip")],
-    # what a per-warp Tiled-CSL would save: no CTA barrier between scatter and ldmatrix, and zeros
-    # written back only where the scatter wrote (timing only: without the per-strip format both race)
+    # what a per-warp Tiled-CSL would save: no CTA barrier between scatter and ldmatrix (timing only: races)
     "no-midsync": [("        __syncthreads();\n        if (full) compute_dense<", "        __syncwarp();\n        if (full) compute_dense<")],
-    "unscatter": [("// Zero this warp's strip", UNSCATTER + "// Zero this warp's strip"),
-                  ("      clear_strips<SPW>(dense);  // own strip", "      unscatter_csl<SPW>(wst, dense, p, ptrs, nk, mt, it);  // own strip")],
 }
 COMBOS = {"bitmap": ["no-mma", "no-decode", "no-decode+no-mma"],
           "tiled_csl": ["no-mma", "no-scatter", "no-zero", "no-scatter+no-zero", "no-scatter+no-zero+no-mma"]}
-if os.environ.get("COMBOS"):  # e.g. COMBOS="tiled_csl=no-midsync,unscatter+no-midsync;bitmap=no-mma"
+if os.environ.get("COMBOS"):  # e.g. COMBOS="tiled_csl=no-midsync,no-zero;bitmap=no-mma,lb12"
     COMBOS = {f: c.split(",") for f, c in (part.split("=") for part in os.environ["COMBOS"].split(";"))}
 
 
