@@ -71,10 +71,7 @@ class SparseLinear(nn.Module):
         return cls.from_dense(dense_weight_of(linear).contiguous(), linear.bias, format=format, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = flashllm.spmm(x, self.weight)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y
+        return flashllm.spmm(x, self.weight, self.bias)  # the kernel adds the bias before rounding
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

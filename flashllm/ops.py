@@ -23,13 +23,26 @@ def check_spmm_args(x, w) -> None:
         raise ValueError(f"x is on {x.device} but the weight is on {w.device}")
 
 
-def spmm(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
-    """y = x @ W^T for x [..., K] and a compressed W [M, K]: y [..., M] in x's dtype, fp32 accumulate."""
+def check_bias(bias, x, w) -> None:
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.shape != (w.shape[0],):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({w.shape[0]},) (one per output row of W)")
+    if bias.device != x.device:
+        raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+
+
+def spmm(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W^T (+ bias) for x [..., K] and a compressed W [M, K]: y [..., M] in x's dtype, fp32
+    accumulate; the bias is added before the one rounding to x's dtype."""
     check_spmm_args(x, w)
+    if bias is not None:
+        check_bias(bias, x, w)
+        bias = bias.to(x.dtype).contiguous()
     lead = x.shape[:-1]
     x2 = x.reshape(-1, w.shape[1])
     if x.is_cuda:
-        y = dispatch.spmm_cuda(x2, w)
+        y = dispatch.spmm_cuda(x2, w, bias)
     else:
-        y = spmm_reference(x2, w)
+        y = spmm_reference(x2, w, bias)
     return y.reshape(*lead, w.shape[0])

@@ -135,3 +135,28 @@ def test_wrong_argument_types():
         flashllm.spmm(torch.zeros(4, 48), torch.zeros(32, 48))
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
         flashllm.spmm([[0.0] * 48], W)
+
+
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+def test_bias_is_added_before_the_one_rounding(fmt):
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(70, 48, generator=g).half()
+    w[torch.rand(70, 48, generator=g) < 0.6] = 0
+    sw = flashllm.compress(w, fmt)
+    x = torch.randn(3, 5, 48, generator=g).half()
+    bias = torch.randn(70, generator=g).half() * 3
+    y = flashllm.spmm(x, sw, bias)
+    exact = (x.double() @ w.double().T + bias.double()).half()
+    assert y.shape == (3, 5, 70)
+    assert (y.float() - exact.float()).abs().max() <= 2e-3 * exact.float().abs().max()
+    # same as the un-biased product plus the bias, up to the extra rounding that saves
+    assert torch.allclose(y.float(), flashllm.spmm(x, sw).float() + bias.float(), rtol=2e-3, atol=1e-2)
+
+
+def test_bias_errors_are_clear():
+    sw = flashllm.compress(torch.eye(8).half(), "bitmap")
+    x = torch.randn(2, 8).half()
+    with pytest.raises(ValueError, match=r"bias has shape \(7,\), expected \(8,\)"):
+        flashllm.spmm(x, sw, torch.zeros(7).half())
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor"):
+        flashllm.spmm(x, sw, [0.0] * 8)

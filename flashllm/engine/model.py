@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.norm import row_norm
 from .args import ModelArgs
 from .kv_cache import KVCache
 from .rope import apply_rope, rope_tables
@@ -35,15 +36,27 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = row_norm(x, self.weight, None, self.eps, rms=True)  # one kernel on the GPU (same rounding)
+        if y is not None:
+            return y
         # In fp32, cast back before the scale: the order transformers uses, so fp16 results match.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose GPU forward is one CTA per row: at decode torch's kernel takes ~13 us for
+    8 rows of 7168, twice a layer (see kernels/csrc/norm.cu)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = row_norm(x, self.weight, self.bias, self.eps, rms=False) if len(self.normalized_shape) == 1 else None
+        return y if y is not None else super().forward(x)
+
+
 def make_norm(args: ModelArgs) -> nn.Module:
     if args.family == "opt":
-        return nn.LayerNorm(args.dim, eps=args.norm_eps, elementwise_affine=args.norm_affine)
+        return LayerNorm(args.dim, eps=args.norm_eps, elementwise_affine=args.norm_affine)
     return RMSNorm(args.dim, args.norm_eps)
 
 

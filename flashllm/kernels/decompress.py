@@ -34,13 +34,16 @@ def _expand(w: SparseWeight, mb0: int, mb1: int) -> torch.Tensor:
     return row_blocks(w, mb0, mb1).to_dense()
 
 
-def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTES,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
     m, k = w.shape
     mb = -(-m // BLOCK)
     step = max(1, chunk_bytes // (BLOCK * k * 2))
     compute = x.dtype if x.dtype == w.dtype else torch.float32
     outs = []
     for mb0 in range(0, mb, step):
-        dense = _expand(w, mb0, min(mb, mb0 + step)).to(compute)
-        outs.append(torch.nn.functional.linear(x.to(compute), dense))
+        mb1 = min(mb, mb0 + step)
+        dense = _expand(w, mb0, mb1).to(compute)
+        part = bias[mb0 * BLOCK:mb1 * BLOCK].to(compute) if bias is not None else None
+        outs.append(torch.nn.functional.linear(x.to(compute), dense, part))
     return torch.cat(outs, dim=-1).to(x.dtype)

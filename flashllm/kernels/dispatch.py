@@ -28,7 +28,7 @@ class Params(ctypes.Structure):
                 ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("MB", ctypes.c_int), ("KB", ctypes.c_int), ("kb_per_split", ctypes.c_int),
-                ("stage_w_bytes", ctypes.c_int)]
+                ("stage_w_bytes", ctypes.c_int), ("bias", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def use_wgmma(fmt: str, nt: int) -> bool:
     return nt in WGMMA_RULE[fmt]
 
 
-def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor) -> None:
+def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias: torch.Tensor | None) -> None:
     m, k = w.shape
     n = x.shape[0]
     dev = x.device.index
@@ -128,7 +128,8 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor) -> N
     ptr = w.tensors["block_ptr"] if w.format == "bitmap" else w.tensors["tile_ptr"]
     params = Params(data.data_ptr(), ptr.data_ptr(), x.data_ptr(), y.data_ptr(),
                     partial.data_ptr() if partial is not None else 0,
-                    m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes)
+                    m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes,
+                    bias.data_ptr() if bias is not None else 0)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
     kernel.launch(grid, cfg.smem, stream, params)
@@ -137,7 +138,8 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor) -> N
         count = n * m
         blocks = min(sms * 8, -(-count // 256))
         reduce.launch_args((blocks, 1, 1), (256, 1, 1), stream,
-                           [partial.data_ptr(), y.data_ptr(), ctypes.c_int(cfg.split), ctypes.c_longlong(count)])
+                           [partial.data_ptr(), y.data_ptr(), ctypes.c_int(cfg.split), ctypes.c_longlong(count),
+                            bias.data_ptr() if bias is not None else 0, ctypes.c_int(m)])
 
 
 def prepare_x(x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +153,8 @@ def prepare_x(x: torch.Tensor) -> torch.Tensor:
     return padded
 
 
-def spmm_kernel(x: torch.Tensor, w: SparseWeight, **overrides) -> torch.Tensor:
-    """Run our kernel whatever N is (the custom op's body)."""
+def spmm_kernel(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+    """Run our kernel whatever N is (the custom op's body); bias [M] in x's dtype, added before rounding."""
     n = x.shape[0]
     m, k = w.shape
     y = torch.empty((n, m), dtype=x.dtype, device=x.device)
@@ -161,29 +163,29 @@ def spmm_kernel(x: torch.Tensor, w: SparseWeight, **overrides) -> torch.Tensor:
     sms, cap = _device_props(x.device.index)
     cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a", **overrides)
     if x.device.index == torch.cuda.current_device():  # the usual case: skip the device switch
-        _launch(prepare_x(x), w, cfg, y)
+        _launch(prepare_x(x), w, cfg, y, bias)
     else:
         with torch.cuda.device(x.device):
-            _launch(prepare_x(x), w, cfg, y)
+            _launch(prepare_x(x), w, cfg, y, bias)
     return y
 
 
-def spmm_cuda(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
-    """y = x @ W^T on the GPU (fp16/bf16 x of the weight's dtype, or fp32 x on the dense path)."""
+def spmm_cuda(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W^T (+ bias) on the GPU (fp16/bf16 x of the weight's dtype, or fp32 x on the dense path)."""
     if x.dtype != w.dtype and x.dtype != torch.float32:
         raise ValueError(f"x is {x.dtype} but the weight holds {w.dtype} values; cast x to {w.dtype}")
     if torch.compiler.is_compiling():  # one opaque graph node for Dynamo/Inductor
         from .op import spmm_op
-        return spmm_op(x, w)
-    return run(x, w)  # eager and CUDA-graph capture: skip the custom-op dispatcher's overhead
+        return spmm_op(x, w, bias)
+    return run(x, w, bias)  # eager and CUDA-graph capture: skip the custom-op dispatcher's overhead
 
 
-def run(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
+def run(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
     if x.dtype != w.dtype or x.shape[0] > MAX_KERNEL_N or _device_props(x.device.index)[1] < (8, 0):
         from .decompress import dense_matmul
-        return dense_matmul(x, w)
-    return spmm_kernel(x, w)
+        return dense_matmul(x, w, bias=bias)
+    return spmm_kernel(x, w, bias)
 
 
 def all_variants() -> list[str]:

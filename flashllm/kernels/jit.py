@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("common.cuh", "spmm.cu")
+PROGRAMS = ("spmm.cu", "norm.cu")  # one NVRTC program each; headers are inlined
 
 
 class KernelCompileError(RuntimeError):
@@ -50,9 +50,9 @@ def nvrtc_version() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _source() -> str:
+def _source(program: str = "spmm.cu") -> str:
     # Inline the header so the program needs no include path and the hash covers every line.
-    body = (CSRC / "spmm.cu").read_text()
+    body = (CSRC / program).read_text()
     for header in ("common.cuh", "wgmma.cuh"):
         body = body.replace(f'#include "{header}"', (CSRC / header).read_text())
     return body
@@ -62,12 +62,11 @@ def _options(arch: str) -> list[bytes]:
     return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math"]
 
 
-def compile_kernel(name_expr: str, arch: str) -> tuple[bytes, str]:
-    """Compile one instantiation (e.g. 'spmm_bitmap<1,1,2,false,false>') to a cubin; cached on disk.
-
-    Returns (cubin, lowered_name).
+def compile_kernel(name_expr: str, arch: str, program: str = "spmm.cu") -> tuple[bytes, str]:
+    """Compile one instantiation (e.g. 'spmm_bitmap<1,1,2,false,false>') of a program in csrc/ to a
+    cubin; cached on disk.  Returns (cubin, lowered_name).
     """
-    src = _source()
+    src = _source(program)
     opts = _options(arch)
     key = hashlib.sha256("\0".join([src, *map(bytes.decode, opts), nvrtc_version(), arch, name_expr])
                          .encode()).hexdigest()[:24]
@@ -77,7 +76,8 @@ def compile_kernel(name_expr: str, arch: str) -> tuple[bytes, str]:
         return cubin_path.read_bytes(), name_path.read_text()
 
     nvrtc = _nvrtc()
-    prog = _check(nvrtc.nvrtcCreateProgram(src.encode(), b"flashllm_spmm.cu", 0, [], []), "nvrtcCreateProgram")
+    prog = _check(nvrtc.nvrtcCreateProgram(src.encode(), f"flashllm_{program}".encode(), 0, [], []),
+                  "nvrtcCreateProgram")
     try:
         _check(nvrtc.nvrtcAddNameExpression(prog, name_expr.encode()), "nvrtcAddNameExpression")
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
@@ -146,10 +146,10 @@ class LoadedKernel:
 _loaded: dict[tuple, LoadedKernel] = {}
 
 
-def get_kernel(name_expr: str, device_index: int, capability: tuple[int, int]) -> LoadedKernel:
+def get_kernel(name_expr: str, device_index: int, capability: tuple[int, int], program: str = "spmm.cu") -> LoadedKernel:
     key = (name_expr, device_index)
     k = _loaded.get(key)
     if k is None:
-        cubin, lowered = compile_kernel(name_expr, arch_for(capability))
+        cubin, lowered = compile_kernel(name_expr, arch_for(capability), program)
         k = _loaded[key] = LoadedKernel(cubin, lowered)
     return k

@@ -15,22 +15,22 @@ _FORMATS = ("tiled_csl", "bitmap")
 
 @torch.library.custom_op("flashllm::spmm", mutates_args=())
 def _spmm(x: torch.Tensor, data: torch.Tensor, ptr: torch.Tensor, fmt: int, m: int, k: int,
-          bf16: bool, max_block_bytes: int) -> torch.Tensor:
+          bf16: bool, max_block_bytes: int, bias: torch.Tensor | None) -> torch.Tensor:
     dtype = torch.bfloat16 if bf16 else torch.float16
     from .dispatch import run
     name = _FORMATS[fmt]
     tensors = {"data": data, "block_ptr": ptr} if name == "bitmap" else {"words": data, "tile_ptr": ptr}
     w = SparseWeight(name, (m, k), dtype, 0, max_block_bytes, tensors)
-    return run(x, w)
+    return run(x, w, bias)
 
 
 @_spmm.register_fake
-def _(x, data, ptr, fmt, m, k, bf16, max_block_bytes):
+def _(x, data, ptr, fmt, m, k, bf16, max_block_bytes, bias):
     return x.new_empty((x.shape[0], m))
 
 
-def spmm_op(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
+def spmm_op(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     data, ptr = (w.tensors["data"], w.tensors["block_ptr"]) if w.format == "bitmap" else \
         (w.tensors["words"], w.tensors["tile_ptr"])
     return _spmm(x, data, ptr, _FORMATS.index(w.format), w.shape[0], w.shape[1],
-                 w.dtype == torch.bfloat16, w.max_block_bytes)
+                 w.dtype == torch.bfloat16, w.max_block_bytes, bias)

@@ -7,7 +7,10 @@ import torch
 from ..formats import SparseWeight
 
 
-def spmm_reference(x: torch.Tensor, w: SparseWeight) -> torch.Tensor:
-    """x [N, K] @ W^T -> [N, M], accumulated in fp32, returned in x's dtype."""
+def spmm_reference(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, K] @ W^T (+ bias [M]) -> [N, M], accumulated in fp32, rounded once to x's dtype."""
     dense = w.to_dense().to(x.device, torch.float32)
-    return (x.to(torch.float32) @ dense.T).to(x.dtype)
+    y = x.to(torch.float32) @ dense.T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)

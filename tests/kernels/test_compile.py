@@ -27,6 +27,15 @@ def test_every_variant_compiles(arch, tmp_path, monkeypatch):
     assert len(list((tmp_path / arch).glob("*.cubin"))) == len(names)
 
 
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
+def test_norm_kernels_compile(arch, tmp_path, monkeypatch):
+    from flashllm.kernels import norm
+    monkeypatch.setenv("FLASHLLM_CACHE_DIR", str(tmp_path))
+    for name in norm.variants():
+        cubin, lowered = jit.compile_kernel(name, arch, program="norm.cu")
+        assert cubin[:4] == b"\x7fELF" and lowered.startswith("_Z"), name
+
+
 def test_compile_error_shows_the_log(monkeypatch, tmp_path):
     monkeypatch.setenv("FLASHLLM_CACHE_DIR", str(tmp_path))
     with pytest.raises(jit.KernelCompileError, match="spmm_bitmap<0,1,2,false,false>|error"):

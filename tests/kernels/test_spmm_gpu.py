@@ -106,9 +106,29 @@ def test_every_output_written(fmt, wg):
     for split in (1, 3):
         y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
         cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split, wg=wg)
-        dispatch._launch(x, sw, cfg, y)
+        dispatch._launch(x, sw, cfg, y, None)
         assert not torch.isnan(y).any(), f"unwritten outputs with split={split}"
         assert rel_err(y, x.float() @ w.float().T) < 2e-3
+
+
+@pytest.mark.parametrize("wg", MMA)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_added_before_rounding(fmt, dtype, wg):
+    """bias in the epilogue (split 1) and in the split-K reduce; the large-N path adds it through cuBLAS."""
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    m, k = 333, 517
+    w = pruned(m, k, 0.8, dtype, gen)
+    sw = flashllm.compress(w, fmt)
+    bias = (torch.randn(m, generator=gen, device="cuda") * 4).to(dtype)
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    for n, split in ((1, 1), (8, 1), (8, 3), (17, None), (300, None)):
+        x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+        ref = x.float() @ w.float().T + bias.float()
+        kw = {} if split is None else {"split": split, "wg": wg}
+        y = spmm_kernel(x, sw, bias, **kw) if n <= 128 else flashllm.spmm(x, sw, bias)
+        assert rel_err(y, ref) <= tol, (n, split, rel_err(y, ref))
+        torch.testing.assert_close(y, flashllm.spmm(x.cpu(), sw.to("cpu"), bias.cpu()).cuda(), rtol=tol, atol=tol)
 
 
 def test_noncontiguous_and_batched():

@@ -23,6 +23,7 @@ struct Params {
   int MB, KB;              // blocks along M and K
   int kb_per_split;        // K-blocks per grid.z slice
   int stage_w_bytes;       // bytes reserved per weight block in a stage (>= largest block)
+  const u16* bias;         // [M] added before the output is rounded, or null
 };
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -87,6 +88,14 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], const
 }
 
 template <bool BF16>
+__device__ __forceinline__ float to_float(u16 v) {
+  if (BF16) return __uint_as_float((u32)v << 16);
+  float f;
+  asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(v));
+  return f;
+}
+
+template <bool BF16>
 __device__ __forceinline__ u16 from_float(float v) {
   u16 r;
   if (BF16) asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(r) : "f"(v));
@@ -129,14 +138,19 @@ __device__ __forceinline__ void load_b_frags(u32 (&b)[NT][2], u32 xs, int f) {
   }
 }
 
-// Write the warp's 16 x (NT*8) accumulator tile of strip rows m0.. : to y directly, or as an fp32
-// partial (split-K; the reduce kernel sums the slices in a fixed order, so results are bitwise
-// reproducible).
+// Write the warp's 16 x (NT*8) accumulator tile of strip rows m0.. : to y directly (+ bias), or as
+// an fp32 partial (split-K; the reduce kernel sums the slices in a fixed order, so results are bitwise
+// reproducible, and adds the bias).
 template <int NT, bool BF16>
 __device__ __forceinline__ void store_tile(const Params& p, const float (&acc)[NT][4], int m0, int n0) {
   int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   bool split = gridDim.z > 1;
   float* part = p.partial + (i64)blockIdx.z * p.N * p.M;
+  float bias[2] = {0.f, 0.f};  // rows g and g + 8
+  if (!split && p.bias) {
+    if (m0 + g < p.M) bias[0] = to_float<BF16>(p.bias[m0 + g]);
+    if (m0 + g + 8 < p.M) bias[1] = to_float<BF16>(p.bias[m0 + g + 8]);
+  }
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
@@ -144,18 +158,21 @@ __device__ __forceinline__ void store_tile(const Params& p, const float (&acc)[N
       int m = m0 + g + ((i >> 1) << 3), n = n0 + nt * 8 + 2 * t + (i & 1);
       if (m < p.M && n < p.N) {
         if (split) part[(i64)n * p.M + m] = acc[nt][i];
-        else p.y[(i64)n * p.M + m] = from_float<BF16>(acc[nt][i]);
+        else p.y[(i64)n * p.M + m] = from_float<BF16>(acc[nt][i] + bias[i >> 1]);
       }
     }
   }
 }
 
-// Sums the split-K slices in slice order (deterministic) and casts to the output dtype.
+// Sums the split-K slices in slice order (deterministic), adds the bias (of output column i % m) and
+// casts to the output dtype.
 template <bool BF16>
-__device__ __forceinline__ void reduce_partials(const float* partial, u16* y, int split, i64 count) {
+__device__ __forceinline__ void reduce_partials(const float* partial, u16* y, int split, i64 count, const u16* bias,
+                                                int m) {
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
     float s = 0.f;
     for (int z = 0; z < split; z++) s += partial[z * count + i];
+    if (bias) s += to_float<BF16>(bias[i % m]);
     y[i] = from_float<BF16>(s);
   }
 }

@@ -457,8 +457,8 @@ FLASHLLM_KERNEL(spmm_bitmap, false)
 FLASHLLM_KERNEL(spmm_tiled_csl, true)
 
 template <bool BF16>
-__global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count) {
-  reduce_partials<BF16>(partial, y, split, count);
+__global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count, const u16* bias, int m) {
+  reduce_partials<BF16>(partial, y, split, count, bias, m);
 }
 
 // ---------------------------------------------------------------------------------------------
