@@ -5,6 +5,7 @@ import torch
 import flashllm
 from flashllm.kernels import dispatch
 from flashllm.kernels.dispatch import decompress_cuda
+from flashllm.kernels.norm import row_norm
 
 torch.manual_seed(0)
 hopper = torch.cuda.get_device_capability() == (9, 0)
@@ -17,14 +18,21 @@ for fmt in ("bitmap", "tiled_csl"):
             sw = flashllm.compress(w, fmt)
             for n in (1, 8, 17, 64, 300):
                 x = torch.randn(n, k, device="cuda").to(dtype)
+                bias = torch.randn(m, device="cuda").to(dtype)
                 for split in (None, 1, 3):
                     y = dispatch.spmm_kernel(x, sw, split=split)
-                    cases += 1
+                    y = dispatch.spmm_kernel(x, sw, bias, split=split)  # the epilogue / reduce reads the bias
+                    cases += 2
                 if hopper:  # both MMA paths, whichever dispatch prefers
                     for wg in (False, True):
                         y = dispatch.spmm_kernel(x, sw, wg=wg)
                         cases += 1
             assert torch.equal(decompress_cuda(sw), w)  # as numbers: w * mask leaves -0.0 where compress stores +0
             cases += 1
+for dtype in (torch.float16, torch.bfloat16):  # the row norms (kernels/norm.py)
+    for rows, d in [(1, 8), (8, 7168), (37, 16384), (512, 4096)]:
+        x, g = torch.randn(rows, d, device="cuda").to(dtype), torch.randn(d, device="cuda").to(dtype)
+        assert row_norm(x, g, g, 1e-5, rms=False) is not None and row_norm(x, g, None, 1e-6, rms=True) is not None
+        cases += 2
 torch.cuda.synchronize()
 print(f"sanitize cases: {cases} launches done")

@@ -18,7 +18,7 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   __syncthreads();  // the previous call's readers are done with `red`
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  v = lane < NORM_THREADS / 32 ? red[lane] : 0.f;
+  v = red[lane % (NORM_THREADS / 32)];  // each group of 8 lanes holds all 8 partial sums
 #pragma unroll
   for (int o = NORM_THREADS / 64; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
