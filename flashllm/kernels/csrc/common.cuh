@@ -105,10 +105,10 @@ __device__ __forceinline__ u16 from_float(float v) {
 
 // X tile of one stage: NT*8 tokens x 64 K-values, 16-byte chunk c of token n stored at chunk
 // c ^ (n % 8) so that ldmatrix's 8 row addresses fall in 8 different bank groups.
-template <int NT>
-__device__ __forceinline__ void load_x_tile(u32 xs, const Params& p, int n0, int kb) {
-  // issued by one warp (see load_stage)
-  for (int c = threadIdx.x & 31; c < NT * 8 * 8; c += 32) {
+// Issued by STRIDE threads, this one being number t.
+template <int NT, int STRIDE>
+__device__ __forceinline__ void load_x_tile(u32 xs, const Params& p, int n0, int kb, int t) {
+  for (int c = t; c < NT * 8 * 8; c += STRIDE) {
     int r = c >> 3, ch = c & 7;
     int n = n0 + r, k = kb * BLOCK + ch * 8;
     bool ok = n < p.N && k < p.K;  // ldx is padded to 8 with zeros, so a chunk is all in or all out
