@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.attention import decode_attention
 from ..kernels.norm import row_norm
 from .args import ModelArgs
 from .kv_cache import KVCache
@@ -108,6 +109,10 @@ def grouped_attention(q, k, v, mask, scale) -> torch.Tensor:
     head (heads kv*rep .. kv*rep+rep-1, as transformers' repeat_kv pairs them) are folded into the
     query length, so SDPA reads each cached key once.
     """
+    if q.shape[2] == 1:  # decode: one CTA per (sequence, head) beats SDPA's kernels 2-3x (kernels/attention.py)
+        y = decode_attention(q, k, v, mask, scale)
+        if y is not None:
+            return y
     b, h, t, d = q.shape
     rep = h // k.shape[1]
     if rep > 1:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-PROGRAMS = ("spmm.cu", "norm.cu")  # one NVRTC program each; headers are inlined
+PROGRAMS = ("spmm.cu", "norm.cu", "attention.cu")  # one NVRTC program each; headers are inlined
 
 
 class KernelCompileError(RuntimeError):

@@ -28,11 +28,11 @@ def test_every_variant_compiles(arch, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
-def test_norm_kernels_compile(arch, tmp_path, monkeypatch):
-    from flashllm.kernels import norm
+def test_norm_and_attention_kernels_compile(arch, tmp_path, monkeypatch):
+    from flashllm.kernels import attention, norm
     monkeypatch.setenv("FLASHLLM_CACHE_DIR", str(tmp_path))
-    for name in norm.variants():
-        cubin, lowered = jit.compile_kernel(name, arch, program="norm.cu")
+    for name, program in [(n, "norm.cu") for n in norm.variants()] + [(n, "attention.cu") for n in attention.variants()]:
+        cubin, lowered = jit.compile_kernel(name, arch, program=program)
         assert cubin[:4] == b"\x7fELF" and lowered.startswith("_Z"), name
 
 
