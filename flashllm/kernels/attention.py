@@ -14,6 +14,7 @@ import torch
 from . import jit
 
 MAX_KEYS = 8192  # the scores live in shared memory: 4 bytes a key
+ATTN_THREADS = 256  # as in csrc/attention.cu
 HEAD_DIMS = (64, 128)
 
 
@@ -60,5 +61,5 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
             return decode_attention(q, k, v, mask, scale)
     kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'}>", dev,
                             torch.cuda.get_device_capability(q.device), program="attention.cu")
-    kernel.launch((b * h, 1, 1), 4 * length, torch.cuda.current_stream(q.device).cuda_stream, params)
+    kernel.launch((b * h, 1, 1), 4 * length, torch.cuda.current_stream(q.device).cuda_stream, params, ATTN_THREADS)
     return out

@@ -126,10 +126,10 @@ class LoadedKernel:
             _check(self._driver.cuFuncSetAttribute(self.function, attr, nbytes), "cuFuncSetAttribute")
             self.max_smem = nbytes
 
-    def launch(self, grid, smem: int, stream: int, params: ctypes.Structure) -> None:
+    def launch(self, grid, smem: int, stream: int, params: ctypes.Structure, threads: int = 128) -> None:
         self.allow_smem(smem)
         ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
-        (err,) = self._driver.cuLaunchKernel(self.function, *grid, 128, 1, 1, smem,
+        (err,) = self._driver.cuLaunchKernel(self.function, *grid, threads, 1, 1, smem,
                                              self._driver.CUstream(stream), ctypes.addressof(ptrs), 0)
         if int(err) != 0:
             raise RuntimeError(f"cuLaunchKernel failed: {err!r} (grid {grid}, smem {smem})")
