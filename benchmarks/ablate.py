@@ -9,6 +9,7 @@
 usage: python benchmarks/ablate.py [rate] [ablate]     (default both)
 env: COMBOS=fmt=a,b+c;fmt2=d (ablations to time), SPARSITIES=0.5,0.9, NS=8,32,64, CONFIG=spw=1,split=8
 """
+import ctypes
 import os
 import sys
 
@@ -94,48 +95,41 @@ def rate() -> None:
     out = torch.zeros(1024, device="cuda")
     iters = 2000
     stream = torch.cuda.current_stream().cuda_stream
-    clock_ghz = None
     try:
         import subprocess
         clock_ghz = float(subprocess.check_output(["nvidia-smi", "--query-gpu=clocks.max.sm",
                                                    "--format=csv,noheader,nounits"]).split()[0]) / 1e3
     except Exception:
         clock_ghz = 1.98
-    print(f"tensor-core and integer-pipe rates, {sms} SMs, assuming {clock_ghz:.2f} GHz (max SM clock)")
-    for op, what in enumerate(("popc", "lop3", "shf", "prmt", "imad", "popc+lop3")):
-        k = jit.get_kernel(f"alu_rate<{op}>", 0, (9, 0))
-        grid = (sms * 8, 1, 1)
-        args = [out.data_ptr(), __import__("ctypes").c_int(iters)]
-        k.launch_args(grid, (128, 1, 1), stream, args)
+
+    def seconds(name: str, ctas: int) -> float:
+        """One timed launch of `name` over `ctas` CTAs of 128 threads, after a warm-up launch."""
+        k = jit.get_kernel(name, 0, (9, 0))
+        args = [out.data_ptr(), ctypes.c_int(iters)]
+        k.launch_args((ctas, 1, 1), (128, 1, 1), stream, args)
         torch.cuda.synchronize()
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        k.launch_args(grid, (128, 1, 1), stream, args)
+        k.launch_args((ctas, 1, 1), (128, 1, 1), stream, args)
         e1.record()
         e1.synchronize()
-        sec = e0.elapsed_time(e1) * 1e-3
-        per_sm = grid[0] * 4 * iters * 8 / sms  # warp-instructions per SM
+        return e0.elapsed_time(e1) * 1e-3
+
+    print(f"tensor-core and integer-pipe rates, {sms} SMs, assuming {clock_ghz:.2f} GHz (max SM clock)")
+    for op, what in enumerate(("popc", "lop3", "shf", "prmt", "imad", "popc+lop3")):
+        sec = seconds(f"alu_rate<{op}>", sms * 8)
+        per_sm = sms * 8 * 4 * iters * 8 / sms  # warp-instructions per SM
         print(f"  {what:10s} {per_sm / (sec * clock_ghz * 1e9):5.2f} warp-instructions per clock per SM", flush=True)
     for name, ctas_per_sm, per_iter_mmas, flops_per in (
             [(f"mma_rate<{nt},8>", 4, 8, 2 * 16 * 8 * 16) for nt in (1, 2, 4)] +
             [(f"wgmma_rate<{nt},{rs}>", 2, 4, 2 * 64 * 8 * nt * 16) for nt in (1, 2, 4, 8) for rs in ("true", "false")]):
-        k = jit.get_kernel(name, 0, (9, 0))
-        grid = (sms * ctas_per_sm, 1, 1)
-        args = [out.data_ptr(), __import__("ctypes").c_int(iters)]
-        k.launch_args(grid, (128, 1, 1), stream, args)
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        k.launch_args(grid, (128, 1, 1), stream, args)
-        e1.record()
-        e1.synchronize()
-        sec = e0.elapsed_time(e1) * 1e-3
-        warps = grid[0] * 4
+        ctas = sms * ctas_per_sm
+        sec = seconds(name, ctas)
         if name.startswith("mma"):
-            count = warps * iters * per_iter_mmas  # warp-level instructions
+            count = ctas * 4 * iters * per_iter_mmas  # warp-level instructions
             per_smsp = count / (sms * 4)
         else:
-            count = grid[0] * iters * per_iter_mmas  # warpgroup-level instructions
+            count = ctas * iters * per_iter_mmas  # warpgroup-level instructions
             per_smsp = count / sms  # each wgmma occupies all 4 SMSPs' tensor cores
         tflops = count * flops_per / sec / 1e12
         print(f"  {name:22s} {tflops:7.1f} TFLOPS  {sec * clock_ghz * 1e9 / per_smsp:6.1f} cycles per instruction "

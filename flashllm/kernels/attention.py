@@ -37,7 +37,7 @@ def _usable(q, k, v, mask) -> bool:
             and mask.shape == (b, 1, 1, k.shape[2]) and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
             and all(s % 4 == 0 for s in (*q.stride()[:2], *k.stride()[:3], *v.stride()[:3]))
             and all(t_.data_ptr() % 8 == 0 for t_ in (q, k, v))
-            and torch.cuda.get_device_capability(q.device) >= (8, 0))
+            and jit.capability(q.device.index) >= (8, 0))
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -56,10 +56,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                         scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0),
                         v.stride(1), v.stride(2), m.stride(0))
     dev = q.device.index
-    if dev != torch.cuda.current_device():  # the kernel runs in its device's context
-        with torch.cuda.device(q.device):
-            return decode_attention(q, k, v, mask, scale)
-    kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'}>", dev,
-                            torch.cuda.get_device_capability(q.device), program="attention.cu")
-    kernel.launch((b * h, 1, 1), 4 * length, torch.cuda.current_stream(q.device).cuda_stream, params, ATTN_THREADS)
+    with jit.on_device(q.device):
+        kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'}>", dev,
+                                jit.capability(dev), program="attention.cu")
+        kernel.launch((b * h, 1, 1), 4 * length, torch.cuda.current_stream(q.device).cuda_stream, params,
+                      ATTN_THREADS)
     return out

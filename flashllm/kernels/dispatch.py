@@ -162,11 +162,8 @@ def spmm_kernel(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = No
         return y
     sms, cap = _device_props(x.device.index)
     cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a", **overrides)
-    if x.device.index == torch.cuda.current_device():  # the usual case: skip the device switch
+    with jit.on_device(x.device):
         _launch(prepare_x(x), w, cfg, y, bias)
-    else:
-        with torch.cuda.device(x.device):
-            _launch(prepare_x(x), w, cfg, y, bias)
     return y
 
 

@@ -7,6 +7,7 @@ Compilation needs no GPU, which is how CI builds every kernel variant.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -102,6 +103,19 @@ def compile_kernel(name_expr: str, arch: str, program: str = "spmm.cu") -> tuple
             f.write(payload)
         os.replace(tmp, path)
     return cubin, lowered
+
+
+@functools.lru_cache(maxsize=None)
+def capability(device_index: int) -> tuple[int, int]:
+    import torch
+    return torch.cuda.get_device_capability(device_index)
+
+
+def on_device(device):
+    """The device's CUDA context, where its kernels must be loaded and launched; a no-op when it is
+    already current (the usual case: skip the switch)."""
+    import torch
+    return contextlib.nullcontext() if device.index == torch.cuda.current_device() else torch.cuda.device(device)
 
 
 def arch_for(capability: tuple[int, int]) -> str:

@@ -25,7 +25,7 @@ def _usable(x: torch.Tensor, *params) -> bool:
     d = x.shape[-1]
     return (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and not torch.compiler.is_compiling()
             and d % 8 == 0 and 0 < d <= MAX_WIDTH and x.numel() > 0
-            and torch.cuda.get_device_capability(x.device) >= (8, 0)
+            and jit.capability(x.device.index) >= (8, 0)
             and all(p is None or (p.dtype == x.dtype and p.is_contiguous() and p.device == x.device
                                   and p.numel() == d and p.data_ptr() % 16 == 0) for p in params))
 
@@ -42,13 +42,11 @@ def row_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | 
     y = torch.empty_like(x2)
     bf16 = "true" if x.dtype == torch.bfloat16 else "false"
     dev = x.device.index
-    kernel = jit.get_kernel(f"row_norm<{bf16},{'true' if rms else 'false'}>", dev,
-                            torch.cuda.get_device_capability(x.device), program="norm.cu")
     ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
-    if dev != torch.cuda.current_device():  # the kernel runs in its device's context
-        with torch.cuda.device(x.device):
-            return row_norm(x, weight, bias, eps, rms)
-    kernel.launch_args((x2.shape[0], 1, 1), (NORM_THREADS, 1, 1), torch.cuda.current_stream(x.device).cuda_stream,
-                       [x2.data_ptr(), ptr(weight), ptr(None if rms else bias), y.data_ptr(), ctypes.c_int(d),
-                        ctypes.c_float(eps)])
+    with jit.on_device(x.device):
+        kernel = jit.get_kernel(f"row_norm<{bf16},{'true' if rms else 'false'}>", dev, jit.capability(dev),
+                                program="norm.cu")
+        kernel.launch_args((x2.shape[0], 1, 1), (NORM_THREADS, 1, 1), torch.cuda.current_stream(x.device).cuda_stream,
+                           [x2.data_ptr(), ptr(weight), ptr(None if rms else bias), y.data_ptr(), ctypes.c_int(d),
+                            ctypes.c_float(eps)])
     return y.view(x.shape)
