@@ -1,15 +1,15 @@
-"""Compressed weight formats: Tiled-CSL (Flash-LLM) and bitmap. Pure PyTorch, CPU or GPU."""
+"""Compressed weight formats: Tiled-CSL (Flash-LLM), bitmap and sliced ELL. Pure PyTorch, CPU or GPU."""
 
 from __future__ import annotations
 
 import torch
 
-from . import bitmap, tiled_csl
+from . import bitmap, sell, tiled_csl
 from .base import FORMATS, SparseWeight, check_weight, value_dtype_for
 from .concat import cat_rows
 from .layout import BLOCK, to_blocks
 
-_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap}
+_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell}
 
 
 def codec_for(name: str):

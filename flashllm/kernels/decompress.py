@@ -9,6 +9,7 @@ import torch
 
 from ..formats import SparseWeight
 from ..formats.layout import BLOCK
+from ..formats.sell import grid as sell_grid
 
 CHUNK_BYTES = 256 << 20
 
@@ -19,16 +20,20 @@ def row_blocks(w: SparseWeight, mb0: int, mb1: int) -> SparseWeight:
     Reads two offsets on the host: CPU path only (on the GPU `decompress_cuda` takes mb0 directly).
     """
     m, k = w.shape
-    kb = -(-k // BLOCK)
-    data_key, ptr_key = ("data", "block_ptr") if w.format == "bitmap" else ("words", "tile_ptr")
-    ptr = w.tensors[ptr_key][mb0 * kb: mb1 * kb + 1]
+    from ..formats import codec_for
+    data_key, ptr_key = codec_for(w.format).TENSORS
+    if w.format == "sell":  # two 32-row slices per row block, one record per (slice, K chunk)
+        per_block = 2 * sell_grid(w.shape)[1]
+    else:
+        per_block = -(-k // BLOCK)
+    ptr = w.tensors[ptr_key][mb0 * per_block: mb1 * per_block + 1]
     data = w.tensors[data_key][int(ptr[0]):int(ptr[-1])]
     rows = min(m, mb1 * BLOCK) - mb0 * BLOCK
     return SparseWeight(w.format, (rows, k), w.dtype, 0, w.max_block_bytes, {data_key: data, ptr_key: ptr - ptr[0]})
 
 
 def _expand(w: SparseWeight, mb0: int, mb1: int) -> torch.Tensor:
-    if w.device.type == "cuda" and torch.cuda.get_device_capability(w.device) >= (8, 0):
+    if w.device.type == "cuda" and torch.cuda.get_device_capability(w.device) >= (8, 0) and w.format != "sell":
         from .dispatch import decompress_cuda
         return decompress_cuda(w, mb0, mb1)  # reads the offsets on the GPU: no host sync
     return row_blocks(w, mb0, mb1).to_dense()

@@ -14,6 +14,8 @@ import torch
 from ..formats import SparseWeight
 from ..formats.layout import BLOCK, block_grid
 from . import jit
+from .sell_launch import choose_sell_config, launch_sell
+from .sell_launch import variants as sell_variants
 
 THREADS = 128
 SMEM_PER_SM = 227 * 1024  # Hopper/Ampere-class opt-in limit per block; per-SM total is ~228 KB
@@ -134,12 +136,19 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
     kernel.launch(grid, cfg.smem, stream, params)
     if partial is not None:
-        reduce = jit.get_kernel(f"splitk_reduce<{'true' if bf16 else 'false'}>", dev, cap)
-        count = n * m
-        blocks = min(sms * 8, -(-count // 256))
-        reduce.launch_args((blocks, 1, 1), (256, 1, 1), stream,
-                           [partial.data_ptr(), y.data_ptr(), ctypes.c_int(cfg.split), ctypes.c_longlong(count),
-                            bias.data_ptr() if bias is not None else 0, ctypes.c_int(m)])
+        launch_reduce(partial, y, cfg.split, bias, m, dev, cap, stream)
+
+
+def launch_reduce(partial: torch.Tensor, y: torch.Tensor, split: int, bias: torch.Tensor | None, m: int,
+                  dev: int, cap: tuple[int, int], stream: int) -> None:
+    """y = sum of the split-K slices of `partial` [split, N, M] (+ bias), in slice order."""
+    bf16 = y.dtype == torch.bfloat16
+    reduce = jit.get_kernel(f"splitk_reduce<{'true' if bf16 else 'false'}>", dev, cap)
+    count = y.numel()
+    blocks = min(_device_props(dev)[0] * 8, -(-count // 256))
+    reduce.launch_args((blocks, 1, 1), (256, 1, 1), stream,
+                       [partial.data_ptr(), y.data_ptr(), ctypes.c_int(split), ctypes.c_longlong(count),
+                        bias.data_ptr() if bias is not None else 0, ctypes.c_int(m)])
 
 
 def prepare_x(x: torch.Tensor) -> torch.Tensor:
@@ -161,6 +170,11 @@ def spmm_kernel(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = No
     if n == 0:
         return y
     sms, cap = _device_props(x.device.index)
+    if w.format == "sell":
+        cfg = choose_sell_config(m, k, n, sms, **overrides)
+        with jit.on_device(x.device):
+            launch_sell(prepare_x(x), w, cfg, y, bias)
+        return y
     cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a", **overrides)
     with jit.on_device(x.device):
         _launch(prepare_x(x), w, cfg, y, bias)
@@ -197,7 +211,7 @@ def all_variants() -> list[str]:
                         for wg in (False, True):
                             if not (wg and fmt == "bitmap" and (spw != 1 or stages < 3)):
                                 names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
-    return names + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
+    return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
 
 
 def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> torch.Tensor:

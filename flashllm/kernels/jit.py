@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-PROGRAMS = ("spmm.cu", "norm.cu", "attention.cu")  # one NVRTC program each; headers are inlined
+PROGRAMS = ("spmm.cu", "norm.cu", "attention.cu", "sell.cu")  # one NVRTC program each; headers are inlined
 
 
 class KernelCompileError(RuntimeError):

@@ -1,0 +1,71 @@
+"""Device aid: the sliced-ELL CUDA-core kernel against cuBLAS and our tensor-core kernels, with a
+config sweep (warps per CTA, K split).  Checks every result against an fp32 reference first.
+
+usage: python benchmarks/sell_probe.py      env: SHAPES=27648x9216,7168x7168 NS=8,16,32 SPARSITIES=0.5,0.9
+       SWEEP=1 (try warps 2/4/8 and splits)   FORMATS=bitmap,tiled_csl (also time these)
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import flashllm
+from flashllm.bench.kernel import clone_weight, rel_err
+from flashllm.bench.timing import copies_to_defeat_l2, time_graph
+from flashllm.kernels import dispatch
+
+
+def env_list(name, default, conv):
+    return [conv(v) for v in os.environ.get(name, default).split(",") if v]
+
+
+def main():
+    shapes = env_list("SHAPES", "27648x9216,7168x7168,9216x36864", lambda s: tuple(map(int, s.split("x"))))
+    ns = env_list("NS", "8,16,32", int)
+    sps = env_list("SPARSITIES", "0.5,0.7,0.8,0.9", float)
+    others = env_list("FORMATS", "bitmap,tiled_csl", str)
+    sweep = os.environ.get("SWEEP") == "1"
+    out_path = os.path.join(os.environ.get("OUT", "."), "sell_probe.json")
+    rows = []
+    torch.manual_seed(0)
+    for m, k in shapes:
+        dense = torch.randn(m, k, device="cuda", dtype=torch.float16) * 0.05
+        dcopies = [dense.clone() for _ in range(copies_to_defeat_l2(dense.numel() * 2))]
+        for sp in sps:
+            w = dense * (torch.rand_like(dense, dtype=torch.float32) >= sp)
+            comp = {"sell": flashllm.compress(w, "sell")}
+            for f in others:
+                comp[f] = flashllm.compress(w, f)
+            for n in ns:
+                x = torch.randn(n, k, device="cuda", dtype=torch.float16)
+                ref = x.float() @ w.float().T
+                t_dense = time_graph([lambda d=d: F.linear(x, d) for d in dcopies])
+                row = {"M": m, "K": k, "N": n, "sparsity": sp, "cublas_us": t_dense}
+                for f, sw in comp.items():
+                    err = rel_err(dispatch.spmm_kernel(x, sw), ref)
+                    assert err < 2e-3, (f, m, k, n, sp, err)
+                    copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
+                    cfgs = [{}]
+                    if sweep and f == "sell":
+                        cfgs += [{"warps": wp} for wp in (2, 4, 8)] + [{"split": s} for s in (1, 2, 4, 16)]
+                    for cfg in cfgs:
+                        t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
+                        key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))
+                        row[key] = t
+                    row[f + "_bytes"] = sw.nbytes
+                    row[f + "_err"] = err
+                rows.append(row)
+                best = min((v, kk) for kk, v in row.items() if kk.startswith("sell") and kk.count("_") <= 1
+                           and not kk.endswith(("bytes", "err")))
+                print(f"{m}x{k} N={n} s={sp:.0%}: cublas {t_dense:6.1f}  sell {row['sell']:6.1f} "
+                      f"({t_dense / row['sell']:.2f}x, {row['sell_bytes'] / row['sell'] / 1e3:.0f} GB/s)  "
+                      + "  ".join(f"{f} {t_dense / row[f]:.2f}x" for f in others)
+                      + f"  best-sell {best[1]} {t_dense / best[0]:.2f}x", flush=True)
+    with open(out_path, "w") as fh:
+        json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

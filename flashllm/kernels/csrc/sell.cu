@@ -1,0 +1,133 @@
+// Sliced-ELL SpMM on CUDA cores: y = x @ W^T for few tokens and high sparsity.
+//
+// Why not tensor cores here: expanding a tile to dense costs work per *weight* (the bitmap decode,
+// Tiled-CSL's zero fill and ldmatrix), however few of them are non-zero.  At 80-90% sparsity and
+// N <= 32 the multiply-adds per *non-zero* (N of them) are cheaper than that, so this kernel skips
+// the dense tile: each lane owns one output row and walks that row's non-zeros.
+//
+// Format (flashllm/formats/sell.py): rows in slices of 32, K in chunks of SELL_CHUNK columns.  A
+// (slice, chunk) holds L entries per row (L = the slice's longest row there, padded to 4; short rows
+// padded with zero-valued entries), stored so that step i of all 32 lanes is one coalesced 512-byte
+// read: entry j of lane l at (j / 4) * 128 + l * 4 + j % 4.  An entry is 32 bits: low 16 the value, high
+// 16 the byte offset of its column in the X tile (column * 16): one LEA.HI turns it into an address.
+//
+// X tile of a chunk: P planes of SELL_CHUNK 16-byte columns (8 tokens each), so one 16-byte shared
+// load brings a column's 8 tokens.  The encoder orders each row's entries by (column - row) % 8: at
+// any step the 8 lanes of a quarter-warp then mostly read 8 different bank groups.
+#include "common.cuh"
+
+#define SELL_SLICE 32
+#define SELL_CHUNK 2048
+
+struct SellParams {
+  const uint4* entries;   // 4 entries per uint4
+  const i64* slice_ptr;   // [S * C + 1] entry offsets of each (slice, chunk), slice-major, multiples of 128
+  const u16* x;           // [N, ldx] (ldx % 8 == 0, columns K..ldx zero)
+  u16* y;                 // [N, M] output (split == 1)
+  float* partial;         // [split, N, M] (split > 1)
+  int M, N, K, ldx;
+  int S, C;               // slices of 32 rows, chunks of SELL_CHUNK columns
+  int chunks_per_split;   // chunks per grid.z slice
+  const u16* bias;        // [M] or null
+};
+
+// The entry's value (its low 16 bits) as fp32: one instruction either way.
+template <bool BF16>
+__device__ __forceinline__ float entry_value(u32 e) {
+  return to_float<BF16>((u16)(e & 0xFFFF));
+}
+
+// acc[0..7] += v * the 8 tokens of one X column.
+template <bool BF16>
+__device__ __forceinline__ void fma8(float* acc, float v, const uint4& q) {
+  const u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    acc[2 * i] = fmaf(v, to_float<BF16>((u16)(w[i] & 0xFFFF)), acc[2 * i]);
+    acc[2 * i + 1] = fmaf(v, to_float<BF16>((u16)(w[i] >> 16)), acc[2 * i + 1]);
+  }
+}
+
+template <int P, bool BF16>
+__device__ __forceinline__ void sell_entry(float (&acc)[8 * P], const uint4* xs, u32 e) {
+  const float v = entry_value<BF16>(e);
+  const uint4* col = (const uint4*)((const u8*)xs + (e >> 16));
+#pragma unroll
+  for (int pl = 0; pl < P; pl++) fma8<BF16>(acc + 8 * pl, v, col[pl * SELL_CHUNK]);
+}
+
+// X columns [c * SELL_CHUNK, +SELL_CHUNK) of tokens n0.. n0 + 8P into the tile.  Thread by column:
+// one 16-byte store per (plane, column), consecutive lanes on consecutive bank groups.
+template <int P, int W>
+__device__ __forceinline__ void load_x_chunk(uint4* xs, const SellParams& p, int n0, int c) {
+  const int k0 = c * SELL_CHUNK;
+  for (int i = threadIdx.x; i < P * SELL_CHUNK; i += W * 32) {
+    const int pl = i / SELL_CHUNK, col = i % SELL_CHUNK, k = k0 + col;
+    u32 h[8];
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+      const int n = n0 + 8 * pl + t;
+      h[t] = (n < p.N && k < p.K) ? p.x[(i64)n * p.ldx + k] : 0u;
+    }
+    xs[i] = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
+  }
+}
+
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// grid: (slices / W, token groups of 8P, K splits); W warps, warp w owns slice blockIdx.x * W + w.
+template <int P, int W, bool BF16>
+__global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
+  extern __shared__ uint4 xs[];  // [P][SELL_CHUNK]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int s = blockIdx.x * W + warp;
+  const int n0 = blockIdx.y * 8 * P;
+  const int c0 = blockIdx.z * p.chunks_per_split;
+  const int c1 = min(p.C, c0 + p.chunks_per_split);
+  float acc[8 * P];
+#pragma unroll
+  for (int i = 0; i < 8 * P; i++) acc[i] = 0.f;
+
+  for (int c = c0; c < c1; c++) {
+    __syncthreads();  // every warp is done with the previous chunk's tile
+    load_x_chunk<P, W>(xs, p, n0, c);
+    __syncthreads();
+    if (s >= p.S) continue;
+    const i64 begin = p.slice_ptr[(i64)s * p.C + c];
+    const int steps = (int)((p.slice_ptr[(i64)s * p.C + c + 1] - begin) >> 7);
+    const uint4* src = p.entries + (begin >> 2) + lane;
+    // Two steps in flight ahead of the one being multiplied: the stream's latency hides behind them.
+    uint4 a = make_uint4(0, 0, 0, 0), b = a;
+    if (steps > 0) a = ld_stream(src);
+    if (steps > 1) b = ld_stream(src + 32);
+    for (int i = 0; i < steps; i++) {
+      const uint4 cur = a;
+      a = b;
+      if (i + 2 < steps) b = ld_stream(src + (i + 2) * 32);
+      sell_entry<P, BF16>(acc, xs, cur.x);
+      sell_entry<P, BF16>(acc, xs, cur.y);
+      sell_entry<P, BF16>(acc, xs, cur.z);
+      sell_entry<P, BF16>(acc, xs, cur.w);
+    }
+  }
+
+  if (s >= p.S) return;
+  const int m = s * SELL_SLICE + lane;
+  if (m >= p.M) return;
+  const bool split = gridDim.z > 1;
+  const float bias = (!split && p.bias) ? to_float<BF16>(p.bias[m]) : 0.f;
+  float* part = p.partial + (i64)blockIdx.z * p.N * p.M;
+#pragma unroll
+  for (int i = 0; i < 8 * P; i++) {
+    const int n = n0 + i;
+    if (n < p.N) {
+      if (split) part[(i64)n * p.M + m] = acc[i];
+      else p.y[(i64)n * p.M + m] = from_float<BF16>(acc[i] + bias);
+    }
+  }
+}
