@@ -49,7 +49,8 @@ def main():
                     copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
                     cfgs = [{}]
                     if sweep and f == "sell":
-                        cfgs += [{"warps": wp} for wp in (2, 4, 8)] + [{"split": s} for s in (1, 2, 4, 16)]
+                        cfgs += [{"warps": wp, "depth": d, "parts": q} for wp in (4, 8) for d in (2, 4, 8)
+                                 for q in (1, 2, 4) if (d == 2) == (n == 32)]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))
@@ -57,7 +58,7 @@ def main():
                     row[f + "_bytes"] = sw.nbytes
                     row[f + "_err"] = err
                 rows.append(row)
-                best = min((v, kk) for kk, v in row.items() if kk.startswith("sell") and kk.count("_") <= 1
+                best = min((v, kk) for kk, v in row.items() if kk.startswith("sell")
                            and not kk.endswith(("bytes", "err")))
                 print(f"{m}x{k} N={n} s={sp:.0%}: cublas {t_dense:6.1f}  sell {row['sell']:6.1f} "
                       f"({t_dense / row['sell']:.2f}x, {row['sell_bytes'] / row['sell'] / 1e3:.0f} GB/s)  "

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pruning method; 'none' compresses the zeros the weights already hold (default wanda)")
     convert.add_argument("--calibration", metavar="FILE",
                          help="text file, one calibration sample per line (needed by wanda and sparsegpt)")
-    convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap"), default="auto",
-                         help="compressed format (default auto: the smaller one per layer)")
+    convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap", "sell"), default="auto",
+                         help="compressed format (default auto: sell from 85%% sparsity, else the smaller of "
+                              "bitmap and tiled_csl, per layer)")
     convert.add_argument("--exclude", action="append", metavar="PATTERN",
                          help="layers to leave dense, fnmatch on module names; repeatable (default: lm_head)")
     convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")

@@ -142,12 +142,12 @@ def run(shapes, ns, sparsities, formats, dtype, peers_at, out_dir, large_n=False
                     x = x_by_n[n]
                     err = rel_err(flashllm.spmm(x, sw), refs[n])
                     us = time_graph([lambda c=c: flashllm.spmm(x, c) for c in copies])
-                    cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes,
-                                                 torch.cuda.get_device_properties(0).multi_processor_count)
+                    cfg = dispatch.config_for(sw, n)
                     row = dict(M=m, K=k, N=n, sparsity=s, format=fmt, us=us, dense_us=dense_us[n],
                                speedup=dense_us[n] / us, bytes=sw.nbytes, bytes_per_elt=sw.nbytes / (m * k),
                                eff_bw_GBs=sw.nbytes / us / 1e3, dense_bw_GBs=2 * m * k / dense_us[n] / 1e3,
-                               rel_err=err, encode_s=encode_s, config=cfg.__dict__)
+                               rel_err=err, encode_s=encode_s, config=cfg.__dict__,
+                               auto=flashllm.formats.auto_format(ws) == fmt)
                     if n == peers_at:
                         row.update({f"peer_{k_}": v for k_, v in peer.items()})
                     rows.append(row)
@@ -178,7 +178,7 @@ def summarize(result):
           "(median effective GB/s on compressed bytes)")
     formats = sorted({r["format"] for r in rows})
     print(f"{'sparsity':>8} | " + " | ".join(f"{f + ' N<=32':>22} | {f + ' N=64':>20}" for f in formats)
-          + " | best N<=32 | worst N<=64 | max err")
+          + " | best N<=32 | auto N<=32 | worst N<=64 | max err")
     for s in sorted({r["sparsity"] for r in rows}):
         cells = []
         for f in formats:
@@ -192,9 +192,12 @@ def summarize(result):
                 key = (r["M"], r["K"], r["N"])
                 best[key] = max(best.get(key, 0), r["speedup"])
         small = [v for (_, _, n), v in best.items() if n <= 32]
+        auto = [r["speedup"] for r in rows if r["sparsity"] == s and r["N"] <= 32 and r.get("auto")]
         err = max(r["rel_err"] for r in rows if r["sparsity"] == s)
+        med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
         print(f"{s:8.0%} | " + " | ".join(f"{c:>22}" for c in cells) +
-              f" | {statistics.median(small) if small else float('nan'):9.2f}x | {min(best.values()):10.2f}x | {err:.1e}")
+              f" | {med(small):9.2f}x | {med(auto):9.2f}x | {min(best.values()):10.2f}x | {err:.1e}")
+    print("best: the fastest format per (shape, N); auto: the format compress(format='auto') picks")
 
 
 def plot(result, path):
@@ -229,7 +232,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default="all", help="'all', 'quick' (3 shapes) or comma list of MxK")
     ap.add_argument("--ns", default="8,16,32,64")
     ap.add_argument("--sparsities", default="0.5,0.6,0.7,0.8,0.9")
-    ap.add_argument("--formats", default="bitmap,tiled_csl")
+    ap.add_argument("--formats", default="bitmap,tiled_csl,sell")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--peers-at", type=int, default=16, help="N at which 2:4 and cuSPARSE are timed (0: never)")
     ap.add_argument("--out", default=None, help="directory for JSON and PNG")

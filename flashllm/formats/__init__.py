@@ -20,17 +20,35 @@ def codec_for(name: str):
 
 
 def predicted_nbytes(weight: torch.Tensor) -> dict[str, int]:
-    """Exact size each format would take for this weight, from per-block non-zero counts."""
-    counts = (to_blocks(weight) != 0).sum(1)
+    """Exact size each format would take for this weight, from per-block (per-row) non-zero counts."""
+    nz = weight != 0
+    counts = to_blocks(nz).sum(1)
     ptr = 8 * (counts.numel() + 1)
     return {"bitmap": int(bitmap.block_bytes(counts).sum()) + ptr,
-            "tiled_csl": 4 * int(tiled_csl.block_words(counts).sum()) + ptr}
+            "tiled_csl": 4 * int(tiled_csl.block_words(counts).sum()) + ptr,
+            "sell": sell.predicted_nbytes(nz)}
+
+
+# From this sparsity on, "auto" takes sliced ELL: its CUDA-core kernel is the fastest at decode sizes
+# (N <= 16) there - on an H100, 1.2-1.6x Tiled-CSL at 90% (benchmarks/results/sell_probe_*); below it
+# the tensor-core kernels win and the smaller of bitmap and Tiled-CSL is taken.
+SELL_MIN_SPARSITY = 0.85
+
+
+def auto_format(weight: torch.Tensor) -> str:
+    """The format `compress(weight, "auto")` picks (see SELL_MIN_SPARSITY)."""
+    nz = int((weight != 0).sum())
+    if nz <= (1 - SELL_MIN_SPARSITY) * weight.numel():
+        return "sell"
+    sizes = predicted_nbytes(weight)
+    return min(("bitmap", "tiled_csl"), key=sizes.get)
 
 
 def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | None = None) -> SparseWeight:
     """Compress a weight [M, K] that already holds its zeros (compress never prunes).
 
-    format: "tiled_csl", "bitmap" or "auto" (the smaller of the two for this matrix).
+    format: "tiled_csl", "bitmap", "sell" or "auto": sliced ELL from 85% sparsity on (the fastest at
+    decode sizes there), else the smaller of bitmap and Tiled-CSL.
     dtype: the 16-bit dtype to store values in; fp16/bf16 weights keep theirs, fp32 needs it.
     """
     check_weight(weight)
@@ -39,8 +57,7 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
     value_dtype = value_dtype_for(weight.dtype, dtype)
     weight = weight.detach()
     if format == "auto":
-        sizes = predicted_nbytes(weight.to(value_dtype))
-        format = min(sizes, key=sizes.get)
+        format = auto_format(weight.to(value_dtype))
     codec = codec_for(format)
     # Encode slabs of whole 64-row blocks: the gathers then stay cache-sized (2-4x faster on a CPU)
     # and the temporaries stay small on a GPU.  Blocks are row-block-major, so slabs just concatenate.
@@ -53,4 +70,4 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
 
 CHUNK_ELEMENTS = 1 << 23
 
-__all__ = ["SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "FORMATS"]
+__all__ = ["SELL_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "auto_format", "FORMATS"]

@@ -14,7 +14,8 @@ import torch
 from ..formats import SparseWeight
 from ..formats.layout import BLOCK, block_grid
 from . import jit
-from .sell_launch import choose_sell_config, launch_sell
+from .sell_launch import MAX_N as MAX_SELL_N
+from .sell_launch import choose_sell_config, decompress_sell, launch_sell
 from .sell_launch import variants as sell_variants
 
 THREADS = 128
@@ -151,6 +152,14 @@ def launch_reduce(partial: torch.Tensor, y: torch.Tensor, split: int, bias: torc
                         bias.data_ptr() if bias is not None else 0, ctypes.c_int(m)])
 
 
+def config_for(w: SparseWeight, n: int):
+    """The launch config spmm_kernel picks for this weight and N tokens (for reports)."""
+    sms, cap = _device_props(w.device.index)
+    if w.format == "sell":
+        return choose_sell_config(*w.shape, n, sms)
+    return choose_config(w.format, *w.shape, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a")
+
+
 def prepare_x(x: torch.Tensor) -> torch.Tensor:
     """The kernels read X in 16-byte chunks: rows contiguous, 16-byte aligned, K padded to 8."""
     n, k = x.shape
@@ -193,10 +202,16 @@ def spmm_cuda(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None
 
 def run(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
-    if x.dtype != w.dtype or x.shape[0] > MAX_KERNEL_N or _device_props(x.device.index)[1] < (8, 0):
+    limit = MAX_SELL_N if w.format == "sell" else MAX_KERNEL_N
+    if x.dtype != w.dtype or x.shape[0] > limit or _device_props(x.device.index)[1] < (8, 0):
         from .decompress import dense_matmul
         return dense_matmul(x, w, bias=bias)
     return spmm_kernel(x, w, bias)
+
+
+def program_for(name: str) -> str:
+    """The csrc/ program a kernel instantiation lives in."""
+    return "sell.cu" if name.startswith(("spmm_sell", "sell_")) else "spmm.cu"
 
 
 def all_variants() -> list[str]:
@@ -220,6 +235,9 @@ def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> to
     mb, kb = block_grid((m, k))
     mb1 = mb if mb1 is None else mb1
     rows = min(m, mb1 * BLOCK) - mb0 * BLOCK
+    if w.format == "sell":
+        with jit.on_device(w.device):
+            return decompress_sell(w, mb0 * BLOCK, rows)
     out = torch.empty((rows, k), dtype=w.dtype, device=w.device)
     dev = w.device.index
     _, cap = _device_props(dev)

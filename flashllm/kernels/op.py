@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..formats import SparseWeight
-
-_FORMATS = ("tiled_csl", "bitmap")
+from ..formats import FORMATS, SparseWeight, codec_for
 
 
 @torch.library.custom_op("flashllm::spmm", mutates_args=())
@@ -18,8 +16,8 @@ def _spmm(x: torch.Tensor, data: torch.Tensor, ptr: torch.Tensor, fmt: int, m: i
           bf16: bool, max_block_bytes: int, bias: torch.Tensor | None) -> torch.Tensor:
     dtype = torch.bfloat16 if bf16 else torch.float16
     from .dispatch import run
-    name = _FORMATS[fmt]
-    tensors = {"data": data, "block_ptr": ptr} if name == "bitmap" else {"words": data, "tile_ptr": ptr}
+    name = FORMATS[fmt]
+    tensors = dict(zip(codec_for(name).TENSORS, (data, ptr)))
     w = SparseWeight(name, (m, k), dtype, 0, max_block_bytes, tensors)
     return run(x, w, bias)
 
@@ -30,7 +28,6 @@ def _(x, data, ptr, fmt, m, k, bf16, max_block_bytes, bias):
 
 
 def spmm_op(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    data, ptr = (w.tensors["data"], w.tensors["block_ptr"]) if w.format == "bitmap" else \
-        (w.tensors["words"], w.tensors["tile_ptr"])
-    return _spmm(x, data, ptr, _FORMATS.index(w.format), w.shape[0], w.shape[1],
+    data, ptr = (w.tensors[name] for name in codec_for(w.format).TENSORS)
+    return _spmm(x, data, ptr, FORMATS.index(w.format), w.shape[0], w.shape[1],
                  w.dtype == torch.bfloat16, w.max_block_bytes, bias)

@@ -12,7 +12,9 @@ from ..formats.sell import CHUNK, grid
 from . import jit
 
 MAX_PLANES = 4        # tokens per CTA = 8 * planes; more tokens -> more grid.y groups (weights re-read)
-WARP_CHOICES = (2, 4, 8)
+WARP_CHOICES = (4, 8, 16)
+DEPTH_CHOICES = (2, 4)
+MAX_N = 64            # above this the weight is decompressed in chunks and multiplied by cuBLAS
 MAX_SPLIT = 8
 
 
@@ -21,43 +23,68 @@ class SellParams(ctypes.Structure):
                 ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("S", ctypes.c_int), ("C", ctypes.c_int), ("chunks_per_split", ctypes.c_int),
-                ("bias", ctypes.c_void_p)]
+                ("parts", ctypes.c_int), ("bias", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
 class SellConfig:
     planes: int            # 8-token planes of the X tile
     warps: int             # slices (32 rows each) per CTA
-    chunks_per_split: int  # K chunks per grid.z slice
-    split: int
+    chunks_per_split: int  # K chunks per chunk group
+    split: int             # grid.z: chunk groups x parts (partial sums to reduce)
+    depth: int = 4         # 4-entry steps each lane loads ahead
+    parts: int = 1         # CTAs sharing the steps of one (slice, chunk)
 
     @property
     def smem(self) -> int:
         return self.planes * CHUNK * 16
 
     def name(self, bf16: bool) -> str:
-        return f"spmm_sell<{self.planes},{self.warps},{'true' if bf16 else 'false'}>"
+        return f"spmm_sell<{self.planes},{self.warps},{self.depth},{'true' if bf16 else 'false'}>"
 
 
-def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = None,
-                       split: int | None = None) -> SellConfig:
-    """planes: the fewest that cover min(N, 32) tokens.  warps: 4 (8 when the X tile is 64 KB or more,
-    so that one tile serves more rows).  split: every chunk its own grid.z slice, up to 8, then fewer
-    if the grid would still be several waves deep without it."""
+def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = None, split: int | None = None,
+                       depth: int | None = None, parts: int | None = None) -> SellConfig:
+    """From the problem size alone (rules read off sweeps on an H100, benchmarks/sell_probe.py):
+
+    - planes: the fewest that cover min(N, 32) tokens.
+    - warps: 8 (one X tile serves 256 rows; 2 and 4 were slower).
+    - split: each K chunk its own grid.z group, up to 8 groups.
+    - parts: doubled while the grid is under 2.5 CTAs per SM (1.5 from two planes on, whose bigger
+      X tile fits fewer CTAs): small matrices (7168 x 7168: 112 CTAs) were latency-bound.
+    - depth: 4 steps ahead, 2 from three planes on (registers).
+    """
     n_slices, n_chunks = grid((m, k))
     planes = min(MAX_PLANES, -(-min(n, 8 * MAX_PLANES) // 8))
-    if warps is None:
-        warps = 8 if planes >= 2 else 4
-    if split is None:
-        split = min(n_chunks, MAX_SPLIT)
-    cps = -(-n_chunks // max(1, split))
-    split = -(-n_chunks // cps)
-    return SellConfig(planes, warps, cps, split)
+    warps = warps or 8
+    depth = depth or (2 if planes >= 3 else 4)
+    groups = min(n_chunks, MAX_SPLIT) if split is None else max(1, split)
+    cps = -(-n_chunks // groups)
+    groups = -(-n_chunks // cps)
+    if parts is None:
+        ctas = -(-n_slices // warps) * -(-n // (8 * planes)) * groups
+        parts, target = 1, sms * (2.5 if planes == 1 else 1.5)
+        while ctas * parts < target and parts < 8:
+            parts *= 2
+    return SellConfig(planes, warps, cps, groups * parts, depth, parts)
 
 
 def variants() -> list[str]:
-    return [SellConfig(p, w, 1, 1).name(bf16) for p in range(1, MAX_PLANES + 1) for w in WARP_CHOICES
-            for bf16 in (False, True)]
+    return [SellConfig(p, w, 1, 1, d).name(bf16) for p in range(1, MAX_PLANES + 1) for w in WARP_CHOICES
+            for d in DEPTH_CHOICES for bf16 in (False, True)] + ["sell_decompress<false>"]
+
+
+def decompress_sell(w: SparseWeight, row0: int, rows: int) -> torch.Tensor:
+    """Rows [row0, row0 + rows) of W dense (row0 a multiple of 32), one launch, no host sync."""
+    m, k = w.shape
+    n_slices, n_chunks = grid((m, k))
+    out = torch.zeros((rows, k), dtype=w.dtype, device=w.device)
+    dev = w.device.index
+    kernel = jit.get_kernel("sell_decompress<false>", dev, jit.capability(dev), program="sell.cu")
+    kernel.launch_args((n_chunks, -(-rows // 32), 1), (128, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,
+                       [w.tensors["entries"].data_ptr(), w.tensors["slice_ptr"].data_ptr(), out.data_ptr(),
+                        ctypes.c_int(row0), ctypes.c_int(rows), ctypes.c_int(k), ctypes.c_int(n_chunks)])
+    return out
 
 
 def launch_sell(x: torch.Tensor, w: SparseWeight, cfg: SellConfig, y: torch.Tensor,
@@ -73,7 +100,7 @@ def launch_sell(x: torch.Tensor, w: SparseWeight, cfg: SellConfig, y: torch.Tens
     partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
     params = SellParams(w.tensors["entries"].data_ptr(), w.tensors["slice_ptr"].data_ptr(), x.data_ptr(),
                         y.data_ptr(), partial.data_ptr() if partial is not None else 0,
-                        m, n, k, x.stride(0), n_slices, n_chunks, cfg.chunks_per_split,
+                        m, n, k, x.stride(0), n_slices, n_chunks, cfg.chunks_per_split, cfg.parts,
                         bias.data_ptr() if bias is not None else 0)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     ctas = (-(-n_slices // cfg.warps), -(-n // (8 * cfg.planes)), cfg.split)

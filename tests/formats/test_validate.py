@@ -153,7 +153,43 @@ def base_cases():
     ]
 
 
-CASES = bitmap_cases() + tiled_csl_cases() + base_cases()
+def sell_cases():
+    sw = compress(W, "sell")
+    entries, ptr = sw.tensors["entries"], sw.tensors["slice_ptr"]
+    nonzero = ((entries & 0x7FFF) != 0).nonzero().squeeze(1)
+    first, second = int(nonzero[0]), int(nonzero[1])
+
+    def set_entry(i, v):
+        e = entries.clone()
+        e[i] = v
+        return with_tensors(sw, entries=e)
+
+    def set_ptr(i, v):
+        p = ptr.clone()
+        p[i] = v
+        return with_tensors(sw, slice_ptr=p)
+
+    low = lambda i: int(entries[i]) & 0xFFFF  # noqa: E731
+    return [
+        ("entries dtype", with_tensors(sw, entries=entries.view(torch.float32)), r"sell entries must be a 1-D int32"),
+        ("ptr length", with_tensors(sw, slice_ptr=ptr[1:]), r"sell slice_ptr must be int64 of length 5"),
+        ("ptr[0]", set_ptr(0, 128), r"sell slice_ptr\[0\] must be 0, got 128"),
+        ("monotone", set_ptr(1, int(ptr[2]) + 128), r"sell slice_ptr is not monotone"),
+        ("aligned", set_ptr(1, int(ptr[1]) + 4), r"sell slice_ptr entries must be multiples of 128"),
+        ("offset past the chunk", set_entry(first, (2048 * 16 << 16 | low(first)) - 2**32),
+         r"sell entry with a column offset outside its chunk"),
+        ("padding offset", set_entry(int(((entries & 0x7FFF) == 0).nonzero()[0]), 8 << 16),
+         r"sell entry with a column offset outside its chunk \(or not a multiple of 16\)"),
+        ("column past K", set_entry(first, (200 * 16 << 16) | low(first)), r"sell non-zero outside the \[M, K\] matrix"),
+        ("padding row", padding_set("sell", "row"), r"sell non-zero outside the \[M, K\] matrix"),
+        ("duplicate", set_entry(second, (int(entries[first]) & ~0xFFFF) | low(second)) if
+         (first % 128) // 4 == (second % 128) // 4 else copy(sw, nnz=-5), r"sell holds two non-zero entries|nnz -5"),
+        ("nnz", copy(sw, nnz=sw.nnz + 1), rf"sell nnz {sw.nnz + 1} disagrees with the non-zero entries \({sw.nnz}\)"),
+        ("max_block_bytes", copy(sw, max_block_bytes=sw.max_block_bytes + 512), r"sell max_block_bytes"),
+    ]
+
+
+CASES = bitmap_cases() + tiled_csl_cases() + sell_cases() + base_cases()
 
 
 @pytest.mark.parametrize("name,corrupt,message", CASES, ids=[c[0] for c in CASES])
@@ -163,7 +199,7 @@ def test_validate_catches(name, corrupt, message):
 
 
 def test_the_originals_are_valid():
-    for fmt in ("bitmap", "tiled_csl"):
+    for fmt in ("bitmap", "tiled_csl", "sell"):
         compress(W, fmt).validate()
 
 

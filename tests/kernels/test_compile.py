@@ -10,7 +10,7 @@ from flashllm.kernels import dispatch, jit
 
 def compile_all(names, arch):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # NVRTC runs outside the GIL
-        return list(pool.map(lambda n: jit.compile_kernel(n, arch), names))
+        return list(pool.map(lambda n: jit.compile_kernel(n, arch, dispatch.program_for(n)), names))
 
 
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
@@ -18,12 +18,14 @@ def test_every_variant_compiles(arch, tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHLLM_CACHE_DIR", str(tmp_path))
     names = dispatch.all_variants()
     if arch == "sm_80":  # Ampere fallback build: every kernel template, fewer configurations
-        names = [n for n in names if ("<1," in n and not n.endswith(",true>")) or n.startswith(("splitk", "decompress"))]
+        names = [n for n in names if ("<1," in n and not n.endswith(",true>"))
+                 or n.startswith(("splitk", "decompress", "sell_decompress"))]
     for name, (cubin, lowered) in zip(names, compile_all(names, arch)):
         assert cubin[:4] == b"\x7fELF", name
         assert lowered.startswith("_Z"), name
     # second call hits the disk cache and returns the identical binary
     assert jit.compile_kernel(names[0], arch)[0] == jit.compile_kernel(names[0], arch)[0]
+    assert any(n.startswith("spmm_sell") for n in names) and "sell_decompress<false>" in names
     assert len(list((tmp_path / arch).glob("*.cubin"))) == len(names)
 
 
@@ -52,6 +54,23 @@ def test_config_heuristic_is_valid():
                 assert cfg.smem <= dispatch.SMEM_PER_SM
                 assert 8 * cfg.nt >= min(n, 64)
                 assert cfg.name(fmt, False) in dispatch.all_variants()
+
+
+def test_sell_config_heuristic_is_valid():
+    from flashllm.formats.sell import grid
+    from flashllm.kernels import sell_launch
+    for (m, k) in [(1, 1), (7168, 7168), (12288, 49152), (49152, 12288), (100, 30000)]:
+        n_slices, n_chunks = grid((m, k))
+        for n in (1, 8, 17, 32, 64):
+            cfg = sell_launch.choose_sell_config(m, k, n, 132)
+            groups = cfg.split // cfg.parts
+            assert cfg.split % cfg.parts == 0
+            assert groups * cfg.chunks_per_split >= n_chunks > (groups - 1) * cfg.chunks_per_split
+            assert 8 * cfg.planes >= min(n, 32) and cfg.smem <= dispatch.SMEM_PER_SM
+            assert cfg.name(False) in dispatch.all_variants()
+    # a small matrix gets its (slice, chunk) steps dealt to more CTAs; a big one does not
+    assert sell_launch.choose_sell_config(7168, 7168, 8, 132).parts > 1
+    assert sell_launch.choose_sell_config(27648, 9216, 8, 132).parts == 1
 
 
 def test_wgmma_header_is_what_its_generator_writes(tmp_path, monkeypatch):

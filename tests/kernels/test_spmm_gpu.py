@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gpu
 
 SPARSITIES = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 NS = [1, 3, 8, 16, 17, 32, 64, 128, 1024]
-FORMATS = ["bitmap", "tiled_csl"]
+FORMATS = ["bitmap", "tiled_csl", "sell"]
 DTYPES = [torch.float16, torch.bfloat16]
 
 
@@ -32,7 +32,9 @@ MMA = [pytest.param(False, id="mma.sync"),
 
 def check(x, w_dense, sw, tol, wg=None):
     ref = x.float() @ w_dense.float().T
-    kw = {} if wg is None else {"wg": wg}
+    if sw.format == "sell" and wg:
+        pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
+    kw = {} if wg is None or sw.format == "sell" else {"wg": wg}
     y = spmm_kernel(x, sw, **kw)
     assert y.dtype == x.dtype and y.shape == ref.shape
     assert torch.isfinite(y).all(), "non-finite output (unwritten or corrupted elements)"
@@ -102,11 +104,16 @@ def test_every_output_written(fmt, wg):
     w = pruned(1000, 512, 0.7, torch.float16, torch.Generator("cuda").manual_seed(3))
     sw = flashllm.compress(w, fmt)
     x = torch.randn(24, 512, device="cuda").half()
-    from flashllm.kernels import dispatch
+    from flashllm.kernels import dispatch, sell_launch
+    if fmt == "sell" and wg:
+        pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
     for split in (1, 3):
         y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
-        cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split, wg=wg)
-        dispatch._launch(x, sw, cfg, y, None)
+        if fmt == "sell":
+            sell_launch.launch_sell(x, sw, sell_launch.choose_sell_config(1000, 512, 24, 132, parts=split), y, None)
+        else:
+            cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split, wg=wg)
+            dispatch._launch(x, sw, cfg, y, None)
         assert not torch.isnan(y).any(), f"unwritten outputs with split={split}"
         assert rel_err(y, x.float() @ w.float().T) < 2e-3
 
@@ -125,7 +132,9 @@ def test_bias_added_before_rounding(fmt, dtype, wg):
     for n, split in ((1, 1), (8, 1), (8, 3), (17, None), (300, None)):
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
         ref = x.float() @ w.float().T + bias.float()
-        kw = {} if split is None else {"split": split, "wg": wg}
+        if fmt == "sell" and wg:
+            pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
+        kw = {} if split is None else {"split": split} if fmt == "sell" else {"split": split, "wg": wg}
         y = spmm_kernel(x, sw, bias, **kw) if n <= 128 else flashllm.spmm(x, sw, bias)
         assert rel_err(y, ref) <= tol, (n, split, rel_err(y, ref))
         # elementwise against the CPU reference, to a tolerance on the output's scale (near-cancelling
@@ -206,3 +215,44 @@ def test_large_n_path_captures_in_a_cuda_graph():
     x = torch.randn(600, 300, device="cuda").half()
     ref = flashllm.spmm(x, sw)
     assert torch.equal(replayed(lambda: flashllm.spmm(x, sw)), ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sell_every_config(dtype):
+    """Every launch shape of the sliced-ELL kernel: CTA sizes, load depths, K splits across and within
+    chunks, token planes; each result poisoned first, checked complete, accurate and reproducible."""
+    from flashllm.kernels import sell_launch
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    m, k = 1000, 5000  # 32 slices (the last partial), 3 chunks (the last partial)
+    w = pruned(m, k, 0.9, dtype, gen)
+    sw = flashllm.compress(w, "sell")
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    for n in (1, 8, 13, 24, 32, 40):
+        x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+        ref = x.float() @ w.float().T
+        for warps in sell_launch.WARP_CHOICES:
+            for depth in sell_launch.DEPTH_CHOICES:
+                for split, parts in ((None, 1), (1, 1), (2, 1), (None, 3), (1, 8)):
+                    cfg = sell_launch.choose_sell_config(m, k, n, 132, warps=warps, split=split, depth=depth,
+                                                         parts=parts)
+                    ys = []
+                    for _ in range(2):
+                        y = torch.full((n, m), float("nan"), device="cuda", dtype=dtype)
+                        sell_launch.launch_sell(x, sw, cfg, y, None)
+                        ys.append(y)
+                    assert not torch.isnan(ys[0]).any(), cfg
+                    assert rel_err(ys[0], ref) <= tol, (cfg, rel_err(ys[0], ref))
+                    assert torch.equal(ys[0].view(torch.int16), ys[1].view(torch.int16)), cfg
+
+
+def test_sell_under_cuda_graph_and_compile():
+    w = pruned(700, 3000, 0.9, torch.float16, torch.Generator("cuda").manual_seed(9))
+    sw = flashllm.compress(w, "sell")
+    for n in (8, 300):  # the kernel, then the decompress + cuBLAS path
+        x = torch.randn(n, 3000, device="cuda").half()
+        ref = flashllm.spmm(x, sw)
+        assert rel_err(ref, x.float() @ w.float().T) < 2e-3
+        assert torch.equal(replayed(lambda: flashllm.spmm(x, sw)), ref)
+    f = torch.compile(lambda a: flashllm.spmm(a, sw) * 2, fullgraph=True)
+    x = torch.randn(8, 3000, device="cuda").half()
+    assert torch.equal(f(x), flashllm.spmm(x, sw) * 2)

@@ -9,7 +9,7 @@
 // (slice, chunk) holds L entries per row (L = the slice's longest row there, padded to 4; short rows
 // padded with zero-valued entries), stored so that step i of all 32 lanes is one coalesced 512-byte
 // read: entry j of lane l at (j / 4) * 128 + l * 4 + j % 4.  An entry is 32 bits: low 16 the value, high
-// 16 the byte offset of its column in the X tile (column * 16): one LEA.HI turns it into an address.
+// 16 the byte offset of its column's slot in the X tile (see load_x_chunk): one LEA.HI makes the address.
 //
 // X tile of a chunk: P planes of SELL_CHUNK 16-byte columns (8 tokens each), so one 16-byte shared
 // load brings a column's 8 tokens.  The encoder orders each row's entries by (column - row) % 8: at
@@ -28,6 +28,7 @@ struct SellParams {
   int M, N, K, ldx;
   int S, C;               // slices of 32 rows, chunks of SELL_CHUNK columns
   int chunks_per_split;   // chunks per grid.z slice
+  int parts;              // grid.z = chunk groups x parts: part q takes the q-th share of each row's steps
   const u16* bias;        // [M] or null
 };
 
@@ -56,20 +57,37 @@ __device__ __forceinline__ void sell_entry(float (&acc)[8 * P], const uint4* xs,
   for (int pl = 0; pl < P; pl++) fma8<BF16>(acc + 8 * pl, v, col[pl * SELL_CHUNK]);
 }
 
-// X columns [c * SELL_CHUNK, +SELL_CHUNK) of tokens n0.. n0 + 8P into the tile.  Thread by column:
-// one 16-byte store per (plane, column), consecutive lanes on consecutive bank groups.
+// Column c of a chunk sits in tile slot c ^ ((c / 8) % 8): the thread that transposes columns
+// 8g..8g+7 then stores column j to bank group j ^ (g % 8), so 8 consecutive threads hit 8 different
+// groups.  (The encoder writes slot * 16 as the entry's offset, so the kernel never swizzles.)
+//
+// X columns [c * SELL_CHUNK, +SELL_CHUNK) of tokens n0.. n0 + 8P into the tile: per (plane, 8
+// columns) one thread loads 8 tokens x 16 bytes and transposes them with byte permutes.
 template <int P, int W>
 __device__ __forceinline__ void load_x_chunk(uint4* xs, const SellParams& p, int n0, int c) {
   const int k0 = c * SELL_CHUNK;
-  for (int i = threadIdx.x; i < P * SELL_CHUNK; i += W * 32) {
-    const int pl = i / SELL_CHUNK, col = i % SELL_CHUNK, k = k0 + col;
-    u32 h[8];
+  for (int i = threadIdx.x; i < P * SELL_CHUNK / 8; i += W * 32) {
+    const int pl = i / (SELL_CHUNK / 8), g = i % (SELL_CHUNK / 8), k = k0 + 8 * g;
+    uint4 tok[8];
 #pragma unroll
     for (int t = 0; t < 8; t++) {
       const int n = n0 + 8 * pl + t;
-      h[t] = (n < p.N && k < p.K) ? p.x[(i64)n * p.ldx + k] : 0u;
+      // ldx is padded to 8 with zeros, so 8 columns are all in or all out
+      tok[t] = (n < p.N && k < p.K) ? *(const uint4*)(p.x + (i64)n * p.ldx + k) : make_uint4(0, 0, 0, 0);
     }
-    xs[i] = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
+    uint4* dst = xs + pl * SELL_CHUNK + 8 * g;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      const u32 sel = (j & 1) ? 0x7632 : 0x5410;
+      u32 q[4];
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const u32 lo = (j >> 1) == 0 ? tok[2 * t].x : (j >> 1) == 1 ? tok[2 * t].y : (j >> 1) == 2 ? tok[2 * t].z : tok[2 * t].w;
+        const u32 hi = (j >> 1) == 0 ? tok[2 * t + 1].x : (j >> 1) == 1 ? tok[2 * t + 1].y : (j >> 1) == 2 ? tok[2 * t + 1].z : tok[2 * t + 1].w;
+        q[t] = __byte_perm(lo, hi, sel);
+      }
+      dst[j ^ (g & 7)] = make_uint4(q[0], q[1], q[2], q[3]);
+    }
   }
 }
 
@@ -80,14 +98,18 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
-// grid: (slices / W, token groups of 8P, K splits); W warps, warp w owns slice blockIdx.x * W + w.
-template <int P, int W, bool BF16>
+// grid: (slices / W, token groups of 8P, K splits); W warps, warp w owns slice blockIdx.x * W + w;
+// D: steps (4 entries per lane) loaded ahead.
+template <int P, int W, int D, bool BF16>
 __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
   extern __shared__ uint4 xs[];  // [P][SELL_CHUNK]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int s = blockIdx.x * W + warp;
   const int n0 = blockIdx.y * 8 * P;
-  const int c0 = blockIdx.z * p.chunks_per_split;
+  // Small matrices have too few (slice, chunk) pairs to fill the GPU: the steps of one pair can be
+  // dealt to `parts` CTAs (each still loads the whole X chunk: entries are in bank order, not by column).
+  const int part = blockIdx.z % p.parts;
+  const int c0 = blockIdx.z / p.parts * p.chunks_per_split;
   const int c1 = min(p.C, c0 + p.chunks_per_split);
   float acc[8 * P];
 #pragma unroll
@@ -99,20 +121,27 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
     __syncthreads();
     if (s >= p.S) continue;
     const i64 begin = p.slice_ptr[(i64)s * p.C + c];
-    const int steps = (int)((p.slice_ptr[(i64)s * p.C + c + 1] - begin) >> 7);
-    const uint4* src = p.entries + (begin >> 2) + lane;
-    // Two steps in flight ahead of the one being multiplied: the stream's latency hides behind them.
-    uint4 a = make_uint4(0, 0, 0, 0), b = a;
-    if (steps > 0) a = ld_stream(src);
-    if (steps > 1) b = ld_stream(src + 32);
-    for (int i = 0; i < steps; i++) {
-      const uint4 cur = a;
-      a = b;
-      if (i + 2 < steps) b = ld_stream(src + (i + 2) * 32);
-      sell_entry<P, BF16>(acc, xs, cur.x);
-      sell_entry<P, BF16>(acc, xs, cur.y);
-      sell_entry<P, BF16>(acc, xs, cur.z);
-      sell_entry<P, BF16>(acc, xs, cur.w);
+    const int all_steps = (int)((p.slice_ptr[(i64)s * p.C + c + 1] - begin) >> 7);
+    const int first = all_steps * part / p.parts;
+    const int steps = all_steps * (part + 1) / p.parts - first;
+    const uint4* src = p.entries + (begin >> 2) + (i64)first * 32 + lane;
+    // D steps in flight ahead of the one being multiplied: with few warps per SM (the X tile takes
+    // the shared memory) the stream's latency hides only behind a deep per-warp queue.
+    uint4 buf[D];
+#pragma unroll
+    for (int d = 0; d < D; d++) buf[d] = d < steps ? ld_stream(src + d * 32) : make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < steps; i += D) {
+#pragma unroll
+      for (int d = 0; d < D; d++) {
+        if (i + d < steps) {
+          const uint4 cur = buf[d];
+          if (i + d + D < steps) buf[d] = ld_stream(src + (i + d + D) * 32);
+          sell_entry<P, BF16>(acc, xs, cur.x);
+          sell_entry<P, BF16>(acc, xs, cur.y);
+          sell_entry<P, BF16>(acc, xs, cur.z);
+          sell_entry<P, BF16>(acc, xs, cur.w);
+        }
+      }
     }
   }
 
@@ -121,13 +150,31 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
   if (m >= p.M) return;
   const bool split = gridDim.z > 1;
   const float bias = (!split && p.bias) ? to_float<BF16>(p.bias[m]) : 0.f;
-  float* part = p.partial + (i64)blockIdx.z * p.N * p.M;
+  float* out = p.partial + (i64)blockIdx.z * p.N * p.M;
 #pragma unroll
   for (int i = 0; i < 8 * P; i++) {
     const int n = n0 + i;
     if (n < p.N) {
-      if (split) part[(i64)n * p.M + m] = acc[i];
+      if (split) out[(i64)n * p.M + m] = acc[i];
       else p.y[(i64)n * p.M + m] = from_float<BF16>(acc[i] + bias);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decompression to dense (the large-N path): rows [row0, row0 + rows) of W into `out` [rows, K],
+// which the caller zero-fills.  One CTA per (slice, chunk); a thread per entry, padding skipped.
+template <bool UNUSED>
+__global__ void __launch_bounds__(128) sell_decompress(const u32* __restrict__ entries, const i64* __restrict__ slice_ptr,
+                                                       u16* __restrict__ out, int row0, int rows, int K, int C) {
+  const int s = row0 / SELL_SLICE + blockIdx.y, c = blockIdx.x;
+  const i64 begin = slice_ptr[(i64)s * C + c], end = slice_ptr[(i64)s * C + c + 1];
+  for (i64 i = begin + threadIdx.x; i < end; i += 128) {
+    const u32 e = entries[i];
+    if ((e & 0x7FFF) == 0) continue;  // padding (+0; a stored value is never zero)
+    const int row = s * SELL_SLICE + (int)((i - begin) & 127) / 4 - row0;
+    const int slot = (int)(e >> 20);  // (slot * 16) >> 4
+    const int col = c * SELL_CHUNK + (slot ^ ((slot >> 3) & 7));
+    if (row < rows && col < K) out[(i64)row * K + col] = (u16)(e & 0xFFFF);
   }
 }
