@@ -49,8 +49,8 @@ def main():
                     copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
                     cfgs = [{}]
                     if sweep and f == "sell":
-                        cfgs += [{"warps": wp, "depth": d, "parts": q} for wp in (4, 8) for d in (2, 4, 8)
-                                 for q in (1, 2, 4) if (d == 2) == (n == 32)]
+                        cfgs += [{"warps": wp, "depth": d, "parts": q} for wp in (8, 16) for d in (2, 4)
+                                 for q in (1, 2, 4)]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))
