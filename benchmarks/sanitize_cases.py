@@ -29,6 +29,20 @@ for fmt in ("bitmap", "tiled_csl"):
                         cases += 1
             assert torch.equal(decompress_cuda(sw), w)  # as numbers: w * mask leaves -0.0 where compress stores +0
             cases += 1
+for dtype in (torch.float16, torch.bfloat16):  # sliced ELL: every launch shape, bias, decompress
+    for (m, k, s) in [(1, 1, 0.0), (333, 517, 0.5), (130, 4100, 0.9), (257, 300, 1.0), (1000, 5000, 0.95)]:
+        w = torch.randn(m, k, device="cuda").to(dtype)
+        w = w * (torch.rand(m, k, device="cuda") >= s)
+        sw = flashllm.compress(w, "sell")
+        bias = torch.randn(m, device="cuda").to(dtype)
+        for n in (1, 8, 17, 40):
+            x = torch.randn(n, k, device="cuda").to(dtype)
+            for kw in ({}, {"split": 1}, {"parts": 3}, {"warps": 4, "depth": 2}, {"warps": 16, "parts": 8}):
+                dispatch.spmm_kernel(x, sw, **kw)
+                dispatch.spmm_kernel(x, sw, bias, **kw)
+                cases += 2
+        assert torch.equal(decompress_cuda(sw), w)
+        cases += 1
 for dtype in (torch.float16, torch.bfloat16):  # the row norms (kernels/norm.py)
     for rows, d in [(1, 8), (8, 7168), (37, 16384), (512, 4096)]:
         x, g = torch.randn(rows, d, device="cuda").to(dtype), torch.randn(d, device="cuda").to(dtype)

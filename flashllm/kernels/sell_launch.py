@@ -48,22 +48,23 @@ def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = Non
     """From the problem size alone (rules read off sweeps on an H100, benchmarks/sell_probe.py):
 
     - planes: the fewest that cover min(N, 32) tokens.
-    - warps: 8 (one X tile serves 256 rows; 2 and 4 were slower).
+    - warps, depth: one plane: 8 warps (one X tile serves 256 rows; 2 and 4 were slower), each loading
+      4 steps ahead.  Two planes and more: 16 warps, 2 steps ahead - the X tile (64-128 KB) leaves room
+      for one or two CTAs per SM, so a CTA must bring its own warps (16-35 % faster at N = 16-32).
     - split: each K chunk its own grid.z group, up to 8 groups.
-    - parts: doubled while the grid is under 2.5 CTAs per SM (1.5 from two planes on, whose bigger
-      X tile fits fewer CTAs): small matrices (7168 x 7168: 112 CTAs) were latency-bound.
-    - depth: 4 steps ahead, 2 from three planes on (registers).
+    - parts: doubled while the grid has under 2.5 CTAs per SM (one plane; 0.8 with more): small
+      matrices (7168 x 7168: 112 CTAs) were latency-bound.
     """
     n_slices, n_chunks = grid((m, k))
     planes = min(MAX_PLANES, -(-min(n, 8 * MAX_PLANES) // 8))
-    warps = warps or 8
-    depth = depth or (2 if planes >= 3 else 4)
+    warps = warps or (8 if planes == 1 else 16)
+    depth = depth or (4 if planes == 1 else 2)
     groups = min(n_chunks, MAX_SPLIT) if split is None else max(1, split)
     cps = -(-n_chunks // groups)
     groups = -(-n_chunks // cps)
     if parts is None:
         ctas = -(-n_slices // warps) * -(-n // (8 * planes)) * groups
-        parts, target = 1, sms * (2.5 if planes == 1 else 1.5)
+        parts, target = 1, sms * (2.5 if planes == 1 else 0.8)
         while ctas * parts < target and parts < 8:
             parts *= 2
     return SellConfig(planes, warps, cps, groups * parts, depth, parts)
