@@ -49,8 +49,7 @@ def main():
                     copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
                     cfgs = [{}]
                     if sweep and f == "sell":
-                        cfgs += [{"warps": wp, "depth": d, "parts": q} for wp in (8, 16) for d in (2, 4)
-                                 for q in (1, 2, 4)]
+                        cfgs += [{"cluster": False}, {"parts": 1}, {"parts": 2}, {"parts": 4}, {"parts": 8}]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))
@@ -64,6 +63,17 @@ def main():
                       f"({t_dense / row['sell']:.2f}x, {row['sell_bytes'] / row['sell'] / 1e3:.0f} GB/s)  "
                       + "  ".join(f"{f} {t_dense / row[f]:.2f}x" for f in others)
                       + f"  best-sell {best[1]} {t_dense / best[0]:.2f}x", flush=True)
+    if os.environ.get("DECOMPRESS") == "1":  # the large-N path: decompress alone, and spmm at N = 512
+        from flashllm.kernels.dispatch import decompress_cuda
+        m, k = shapes[0]
+        w = torch.randn(m, k, device="cuda", dtype=torch.float16) * (torch.rand(m, k, device="cuda") >= 0.9)
+        x = torch.randn(512, k, device="cuda", dtype=torch.float16)
+        for f in ["sell"] + others:
+            sw = flashllm.compress(w, f)
+            t_dec = time_graph([lambda: decompress_cuda(sw)], launches=10, replays=5)
+            t_mm = time_graph([lambda: flashllm.spmm(x, sw)], launches=10, replays=5)
+            print(f"{m}x{k} 90% {f}: decompress {t_dec:7.1f} us ({2 * m * k / t_dec / 1e3:.0f} GB/s dense out), "
+                  f"spmm N=512 {t_mm:7.1f} us", flush=True)
     with open(out_path, "w") as fh:
         json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
 

@@ -30,6 +30,7 @@ struct SellParams {
   int chunks_per_split;   // chunks per grid.z slice
   int parts;              // grid.z = chunk groups x parts: part q takes the q-th share of each row's steps
   const u16* bias;        // [M] or null
+  int cluster;            // > 1: grid.z is one thread-block cluster that reduces through shared memory
 };
 
 // The entry's value (its low 16 bits) as fp32: one instruction either way.
@@ -91,6 +92,51 @@ __device__ __forceinline__ void load_x_chunk(uint4* xs, const SellParams& p, int
   }
 }
 
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 cluster_rank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// A float in CTA `rank`'s shared memory, at the address `local` has in ours.
+__device__ __forceinline__ float ld_cluster(u32 local, u32 rank) {
+  u32 remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+#endif
+
+// Split-K without a second kernel (Hopper): the grid.z CTAs of one output tile form a cluster; each
+// parks its fp32 tile in its shared memory (the X tile is free by now), and after a cluster barrier
+// CTA rank r sums elements r, r + Z, ... over the ranks in rank order - the same sum, in the same
+// order, as splitk_reduce, so results are bitwise those of the two-kernel path.  The reduce kernel
+// and its launch cost ~2.5 us a call, more than the kernel itself on small matrices.
+template <int P, int W, bool BF16>
+__device__ __forceinline__ void cluster_reduce_store(const SellParams& p, uint4* xs, const float (&acc)[8 * P], int n0) {
+#if __CUDA_ARCH__ >= 900
+  constexpr int R = W * 32;  // rows of the tile; thread t owns row t
+  float* red = (float*)xs;   // [8P][R]
+  __syncthreads();           // every warp is done reading the X tile
+#pragma unroll
+  for (int i = 0; i < 8 * P; i++) red[i * R + threadIdx.x] = acc[i];
+  cluster_sync();
+  const u32 ranks = p.cluster, me = cluster_rank();
+  const u32 base = smem_addr(red);
+  for (int e = me * R + threadIdx.x; e < 8 * P * R; e += ranks * R) {
+    float sum = 0.f;
+    for (u32 z = 0; z < ranks; z++) sum += ld_cluster(base + 4 * e, z);
+    const int n = n0 + e / R, m = blockIdx.x * R + e % R;
+    if (n < p.N && m < p.M) p.y[(i64)n * p.M + m] = from_float<BF16>(sum + (p.bias ? to_float<BF16>(p.bias[m]) : 0.f));
+  }
+  cluster_sync();  // our shared memory must outlive the other ranks' reads
+#endif
+}
+
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -145,6 +191,10 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
     }
   }
 
+  if (p.cluster > 1) {  // every thread takes part: the cluster barriers count whole CTAs
+    cluster_reduce_store<P, W, BF16>(p, xs, acc, n0);
+    return;
+  }
   if (s >= p.S) return;
   const int m = s * SELL_SLICE + lane;
   if (m >= p.M) return;
@@ -162,19 +212,42 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decompression to dense (the large-N path): rows [row0, row0 + rows) of W into `out` [rows, K],
-// which the caller zero-fills.  One CTA per (slice, chunk); a thread per entry, padding skipped.
+// Decompression to dense (the large-N path): rows [row0, row0 + rows) of W into `out` [rows, K].
+// One CTA per (slice, chunk) builds the 32 x SELL_CHUNK tile in shared memory (zero fill, scatter of
+// the entries) and writes it out row by row: every global write is coalesced and nothing needs a
+// memset first (a thread per entry scattering 2-byte writes straight to global memory ran at a third
+// of the speed in prefill).
+#define SELL_DECOMP_THREADS 512
 template <bool UNUSED>
-__global__ void __launch_bounds__(128) sell_decompress(const u32* __restrict__ entries, const i64* __restrict__ slice_ptr,
-                                                       u16* __restrict__ out, int row0, int rows, int K, int C) {
+__global__ void __launch_bounds__(SELL_DECOMP_THREADS) sell_decompress(const u32* __restrict__ entries,
+                                                                       const i64* __restrict__ slice_ptr,
+                                                                       u16* __restrict__ out, int row0, int rows,
+                                                                       int K, int C) {
+  extern __shared__ uint4 tile4[];  // [32][SELL_CHUNK] fp16
+  u16* tile = (u16*)tile4;
   const int s = row0 / SELL_SLICE + blockIdx.y, c = blockIdx.x;
+  for (int i = threadIdx.x; i < SELL_SLICE * SELL_CHUNK / 8; i += SELL_DECOMP_THREADS) tile4[i] = make_uint4(0, 0, 0, 0);
+  __syncthreads();
   const i64 begin = slice_ptr[(i64)s * C + c], end = slice_ptr[(i64)s * C + c + 1];
-  for (i64 i = begin + threadIdx.x; i < end; i += 128) {
+  for (i64 i = begin + threadIdx.x; i < end; i += SELL_DECOMP_THREADS) {
     const u32 e = entries[i];
     if ((e & 0x7FFF) == 0) continue;  // padding (+0; a stored value is never zero)
-    const int row = s * SELL_SLICE + (int)((i - begin) & 127) / 4 - row0;
+    const int lane = (int)((i - begin) & 127) >> 2;
     const int slot = (int)(e >> 20);  // (slot * 16) >> 4
-    const int col = c * SELL_CHUNK + (slot ^ ((slot >> 3) & 7));
-    if (row < rows && col < K) out[(i64)row * K + col] = (u16)(e & 0xFFFF);
+    tile[lane * SELL_CHUNK + (slot ^ ((slot >> 3) & 7))] = (u16)(e & 0xFFFF);
+  }
+  __syncthreads();
+  const int r0 = s * SELL_SLICE - row0, k0 = c * SELL_CHUNK;
+  const int cols = min(SELL_CHUNK, K - k0), nrows = min(SELL_SLICE, rows - r0);
+  if ((K & 7) == 0) {  // rows 16-byte aligned: 8 values per store
+    for (int i = threadIdx.x; i < nrows * (cols >> 3); i += SELL_DECOMP_THREADS) {
+      const int r = i / (cols >> 3), q = i % (cols >> 3);
+      *(uint4*)(out + (i64)(r0 + r) * K + k0 + 8 * q) = tile4[r * (SELL_CHUNK / 8) + q];
+    }
+  } else {
+    for (int i = threadIdx.x; i < nrows * cols; i += SELL_DECOMP_THREADS) {
+      const int r = i / cols, q = i % cols;
+      out[(i64)(r0 + r) * K + k0 + q] = tile[r * SELL_CHUNK + q];
+    }
   }
 }
