@@ -133,7 +133,6 @@ class LoadedKernel:
         self.module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         self.function = _check(driver.cuModuleGetFunction(self.module, lowered.encode()), "cuModuleGetFunction")
         self.max_smem = 0
-        self.non_portable = False
 
     def allow_smem(self, nbytes: int) -> None:
         if nbytes > 48 * 1024 and nbytes > self.max_smem:
@@ -148,30 +147,6 @@ class LoadedKernel:
                                              self._driver.CUstream(stream), ctypes.addressof(ptrs), 0)
         if int(err) != 0:
             raise RuntimeError(f"cuLaunchKernel failed: {err!r} (grid {grid}, smem {smem})")
-
-    def launch_cluster(self, grid, smem: int, stream: int, params: ctypes.Structure, threads: int,
-                       cluster_z: int) -> None:
-        """Launch with thread-block clusters of (1, 1, cluster_z) (Hopper; cluster_z <= 16)."""
-        d = self._driver
-        self.allow_smem(smem)
-        if cluster_z > 8 and not self.non_portable:
-            attr = d.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
-            _check(d.cuFuncSetAttribute(self.function, attr, 1), "cuFuncSetAttribute")
-            self.non_portable = True
-        cfg = d.CUlaunchConfig()
-        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
-        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = threads, 1, 1
-        cfg.sharedMemBytes = smem
-        cfg.hStream = d.CUstream(stream)
-        attr = d.CUlaunchAttribute()
-        attr.id = d.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = 1, 1, cluster_z
-        cfg.attrs = [attr]
-        cfg.numAttrs = 1
-        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
-        (err,) = d.cuLaunchKernelEx(cfg, self.function, ctypes.addressof(ptrs), 0)
-        if int(err) != 0:
-            raise RuntimeError(f"cuLaunchKernelEx failed: {err!r} (grid {grid}, cluster z {cluster_z}, smem {smem})")
 
     def launch_args(self, grid, block, stream: int, args: list, smem: int = 0) -> None:
         holders = [a if isinstance(a, ctypes._SimpleCData) else ctypes.c_void_p(a) for a in args]

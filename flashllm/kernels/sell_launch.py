@@ -16,7 +16,6 @@ WARP_CHOICES = (4, 8, 16)
 DEPTH_CHOICES = (2, 4)
 MAX_N = 64            # above this the weight is decompressed in chunks and multiplied by cuBLAS
 MAX_SPLIT = 8
-MAX_CLUSTER = 16      # split-K slices one thread-block cluster reduces (more: the reduce kernel)
 
 
 class SellParams(ctypes.Structure):
@@ -24,7 +23,7 @@ class SellParams(ctypes.Structure):
                 ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("S", ctypes.c_int), ("C", ctypes.c_int), ("chunks_per_split", ctypes.c_int),
-                ("parts", ctypes.c_int), ("bias", ctypes.c_void_p), ("cluster", ctypes.c_int)]
+                ("parts", ctypes.c_int), ("bias", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,6 @@ class SellConfig:
     split: int             # grid.z: chunk groups x parts (partial sums to reduce)
     depth: int = 4         # 4-entry steps each lane loads ahead
     parts: int = 1         # CTAs sharing the steps of one (slice, chunk)
-    cluster: bool = True   # reduce split-K slices in a thread-block cluster (Hopper), not a second kernel
 
     @property
     def smem(self) -> int:
@@ -46,7 +44,7 @@ class SellConfig:
 
 
 def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = None, split: int | None = None,
-                       depth: int | None = None, parts: int | None = None, cluster: bool = True) -> SellConfig:
+                       depth: int | None = None, parts: int | None = None) -> SellConfig:
     """From the problem size alone (rules read off sweeps on an H100, benchmarks/sell_probe.py):
 
     - planes: the fewest that cover min(N, 32) tokens.
@@ -69,7 +67,7 @@ def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = Non
         parts, target = 1, sms * (2.5 if planes == 1 else 0.8)
         while ctas * parts < target and parts < 8:
             parts *= 2
-    return SellConfig(planes, warps, cps, groups * parts, depth, parts, cluster)
+    return SellConfig(planes, warps, cps, groups * parts, depth, parts)
 
 
 def variants() -> list[str]:
@@ -102,19 +100,13 @@ def launch_sell(x: torch.Tensor, w: SparseWeight, cfg: SellConfig, y: torch.Tens
     bf16 = w.dtype == torch.bfloat16
     n_slices, n_chunks = grid((m, k))
     kernel = jit.get_kernel(cfg.name(bf16), dev, cap, program="sell.cu")
-    clustered = cfg.cluster and 1 < cfg.split <= MAX_CLUSTER and cap >= (9, 0)
-    partial = None
-    if cfg.split > 1 and not clustered:
-        partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device)
+    partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
     params = SellParams(w.tensors["entries"].data_ptr(), w.tensors["slice_ptr"].data_ptr(), x.data_ptr(),
                         y.data_ptr(), partial.data_ptr() if partial is not None else 0,
                         m, n, k, x.stride(0), n_slices, n_chunks, cfg.chunks_per_split, cfg.parts,
-                        bias.data_ptr() if bias is not None else 0, cfg.split if clustered else 1)
+                        bias.data_ptr() if bias is not None else 0)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     ctas = (-(-n_slices // cfg.warps), -(-n // (8 * cfg.planes)), cfg.split)
-    if clustered:
-        kernel.launch_cluster(ctas, cfg.smem, stream, params, 32 * cfg.warps, cfg.split)
-        return
     kernel.launch(ctas, cfg.smem, stream, params, threads=32 * cfg.warps)
     if partial is not None:
         from .dispatch import launch_reduce

@@ -30,7 +30,6 @@ struct SellParams {
   int chunks_per_split;   // chunks per grid.z slice
   int parts;              // grid.z = chunk groups x parts: part q takes the q-th share of each row's steps
   const u16* bias;        // [M] or null
-  int cluster;            // > 1: grid.z is one thread-block cluster that reduces through shared memory
 };
 
 // The entry's value (its low 16 bits) as fp32: one instruction either way.
@@ -92,51 +91,6 @@ __device__ __forceinline__ void load_x_chunk(uint4* xs, const SellParams& p, int
   }
 }
 
-#if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ u32 cluster_rank() {
-  u32 r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// A float in CTA `rank`'s shared memory, at the address `local` has in ours.
-__device__ __forceinline__ float ld_cluster(u32 local, u32 rank) {
-  u32 remote;
-  float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
-  return v;
-}
-#endif
-
-// Split-K without a second kernel (Hopper): the grid.z CTAs of one output tile form a cluster; each
-// parks its fp32 tile in its shared memory (the X tile is free by now), and after a cluster barrier
-// CTA rank r sums elements r, r + Z, ... over the ranks in rank order - the same sum, in the same
-// order, as splitk_reduce, so results are bitwise those of the two-kernel path.  The reduce kernel
-// and its launch cost ~2.5 us a call, more than the kernel itself on small matrices.
-template <int P, int W, bool BF16>
-__device__ __forceinline__ void cluster_reduce_store(const SellParams& p, uint4* xs, const float (&acc)[8 * P], int n0) {
-#if __CUDA_ARCH__ >= 900
-  constexpr int R = W * 32;  // rows of the tile; thread t owns row t
-  float* red = (float*)xs;   // [8P][R]
-  __syncthreads();           // every warp is done reading the X tile
-#pragma unroll
-  for (int i = 0; i < 8 * P; i++) red[i * R + threadIdx.x] = acc[i];
-  cluster_sync();
-  const u32 ranks = p.cluster, me = cluster_rank();
-  const u32 base = smem_addr(red);
-  for (int e = me * R + threadIdx.x; e < 8 * P * R; e += ranks * R) {
-    float sum = 0.f;
-    for (u32 z = 0; z < ranks; z++) sum += ld_cluster(base + 4 * e, z);
-    const int n = n0 + e / R, m = blockIdx.x * R + e % R;
-    if (n < p.N && m < p.M) p.y[(i64)n * p.M + m] = from_float<BF16>(sum + (p.bias ? to_float<BF16>(p.bias[m]) : 0.f));
-  }
-  cluster_sync();  // our shared memory must outlive the other ranks' reads
-#endif
-}
-
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -191,10 +145,6 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
     }
   }
 
-  if (p.cluster > 1) {  // every thread takes part: the cluster barriers count whole CTAs
-    cluster_reduce_store<P, W, BF16>(p, xs, acc, n0);
-    return;
-  }
   if (s >= p.S) return;
   const int m = s * SELL_SLICE + lane;
   if (m >= p.M) return;
