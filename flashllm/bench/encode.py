@@ -1,6 +1,6 @@
-"""Encode / decode / validate timing of the two formats on one large pruned matrix.
+"""Encode / decode / validate timing of the formats on one large pruned matrix.
 
-    flashllm bench encode                                 # 7168x28672 fp16, 80% sparse, both formats
+    flashllm bench encode                                 # 7168x28672 fp16, 80% sparse, every format
     python -m flashllm.bench.encode --sparsity 0.5 --out benchmarks/results/encode.json  # the same
 
 GB/s is the dense input size (M * K * element size) over the wall time.  On a GPU each timing

@@ -1,7 +1,8 @@
 """Stack compressed weights along M (output rows) without decompressing them.
 
-Both formats store 64x64 blocks row-block-major as one payload tensor plus an offset array (bytes for
-the bitmap, words for Tiled-CSL; either way in elements of the payload tensor). Stacking whole row
+Every format stores its records row-major as one payload tensor plus an offset array in elements of
+the payload (bitmap: bytes per 64x64 block; Tiled-CSL: words per block; sell: entries per 32-row slice
+and K chunk, so a 64-row block is two slices). Stacking whole row
 blocks is therefore concatenating the payloads and shifting each part's offsets by the payload before it.
 """
 

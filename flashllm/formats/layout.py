@@ -1,6 +1,6 @@
 """Where each weight element of a 64x64 block lives in the tensor-core A fragment.
 
-Both formats cut the matrix into 64x64 blocks (BLOCK rows of W, BLOCK columns of K).
+The block formats (bitmap, Tiled-CSL) cut the matrix into 64x64 blocks (BLOCK rows of W, BLOCK columns of K).
 A block is 4 *strips* of 16 rows; a strip is 4 *fragments* of 16x16, the A operand of
 one `mma.sync.m16n8k16`.  In that instruction lane l (g = l // 4, t = l % 4) holds four
 32-bit registers a0..a3 = q, each two fp16 halves e:
@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-BLOCK = 64  # rows and columns of one format block (both formats)
+BLOCK = 64  # rows and columns of one format block (bitmap and Tiled-CSL)
 STRIPS = BLOCK // 16  # 16-row strips per block = warps that share a block
 FRAGS = BLOCK // 16  # 16x16 fragments along K per strip
 
