@@ -49,7 +49,7 @@ def main():
                     copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
                     cfgs = [{}]
                     if sweep and f == "sell":
-                        cfgs += [{"fused_reduce": False}, {"parts": 1}, {"parts": 2}, {"parts": 4}]
+                        cfgs += [{"parts": 1}, {"parts": 2}, {"parts": 4}, {"parts": 8}]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))

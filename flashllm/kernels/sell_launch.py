@@ -23,7 +23,7 @@ class SellParams(ctypes.Structure):
                 ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("S", ctypes.c_int), ("C", ctypes.c_int), ("chunks_per_split", ctypes.c_int),
-                ("parts", ctypes.c_int), ("bias", ctypes.c_void_p), ("tile_counters", ctypes.c_void_p)]
+                ("parts", ctypes.c_int), ("bias", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,6 @@ class SellConfig:
     split: int             # grid.z: chunk groups x parts (partial sums to reduce)
     depth: int = 4         # 4-entry steps each lane loads ahead
     parts: int = 1         # CTAs sharing the steps of one (slice, chunk)
-    fused_reduce: bool = True  # the last split-K CTA of a tile sums the partials (else splitk_reduce)
 
     @property
     def smem(self) -> int:
@@ -45,8 +44,7 @@ class SellConfig:
 
 
 def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = None, split: int | None = None,
-                       depth: int | None = None, parts: int | None = None,
-                       fused_reduce: bool = True) -> SellConfig:
+                       depth: int | None = None, parts: int | None = None) -> SellConfig:
     """From the problem size alone (rules read off sweeps on an H100, benchmarks/sell_probe.py):
 
     - planes: the fewest that cover min(N, 32) tokens.
@@ -69,7 +67,7 @@ def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = Non
         parts, target = 1, sms * (2.5 if planes == 1 else 0.8)
         while ctas * parts < target and parts < 8:
             parts *= 2
-    return SellConfig(planes, warps, cps, groups * parts, depth, parts, fused_reduce)
+    return SellConfig(planes, warps, cps, groups * parts, depth, parts)
 
 
 def variants() -> list[str]:
@@ -92,20 +90,6 @@ def decompress_sell(w: SparseWeight, row0: int, rows: int) -> torch.Tensor:
     return out
 
 
-MAX_TILES = 1 << 16
-_counters: dict[tuple[int, int], torch.Tensor] = {}
-
-
-def tile_counters(device: torch.device, stream: int) -> torch.Tensor:
-    """Zeroed int32 counters for the fused split-K reduce, one set per (device, stream): kernels on
-    one stream run one after another, and each leaves its counters at zero again."""
-    key = (device.index, stream)
-    t = _counters.get(key)
-    if t is None:
-        t = _counters[key] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
-    return t
-
-
 def launch_sell(x: torch.Tensor, w: SparseWeight, cfg: SellConfig, y: torch.Tensor,
                 bias: torch.Tensor | None) -> None:
     """x [N, ldx] prepared (rows 16-byte aligned, ldx % 8 == 0); y [N, M] in x's dtype."""
@@ -117,16 +101,13 @@ def launch_sell(x: torch.Tensor, w: SparseWeight, cfg: SellConfig, y: torch.Tens
     n_slices, n_chunks = grid((m, k))
     kernel = jit.get_kernel(cfg.name(bf16), dev, cap, program="sell.cu")
     partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    ctas = (-(-n_slices // cfg.warps), -(-n // (8 * cfg.planes)), cfg.split)
-    fused = partial is not None and cfg.fused_reduce and ctas[0] * ctas[1] <= MAX_TILES
-    counters = tile_counters(x.device, stream) if fused else None
     params = SellParams(w.tensors["entries"].data_ptr(), w.tensors["slice_ptr"].data_ptr(), x.data_ptr(),
                         y.data_ptr(), partial.data_ptr() if partial is not None else 0,
                         m, n, k, x.stride(0), n_slices, n_chunks, cfg.chunks_per_split, cfg.parts,
-                        bias.data_ptr() if bias is not None else 0,
-                        counters.data_ptr() if counters is not None else 0)
+                        bias.data_ptr() if bias is not None else 0)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    ctas = (-(-n_slices // cfg.warps), -(-n // (8 * cfg.planes)), cfg.split)
     kernel.launch(ctas, cfg.smem, stream, params, threads=32 * cfg.warps)
-    if partial is not None and not fused:
+    if partial is not None:
         from .dispatch import launch_reduce
         launch_reduce(partial, y, cfg.split, bias, m, dev, cap, stream)

@@ -30,7 +30,6 @@ struct SellParams {
   int chunks_per_split;   // chunks per grid.z slice
   int parts;              // grid.z = chunk groups x parts: part q takes the q-th share of each row's steps
   const u16* bias;        // [M] or null
-  int* tile_counters;     // split > 1: [grid.x * grid.y] zeros, or null (then splitk_reduce runs after)
 };
 
 // The entry's value (its low 16 bits) as fp32: one instruction either way.
@@ -92,34 +91,6 @@ __device__ __forceinline__ void load_x_chunk(uint4* xs, const SellParams& p, int
   }
 }
 
-// Split-K without a second kernel: the CTA that writes the last of a tile's gridDim.z partials sums
-// them all, in slice order (the same order as splitk_reduce, so the same bits), and resets the tile's
-// counter for the next launch.  The counters belong to one stream (sell_launch.py), so launches that
-// share them never overlap.  Saves the reduce kernel and its launch gap (~2.5 us a call).
-template <int P, bool BF16>
-__device__ __forceinline__ void last_slice_reduces(const SellParams& p, bool mine, int m, int n0) {
-  __shared__ int last;
-  __threadfence();  // our partials are visible device-wide before we are counted
-  __syncthreads();
-  const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-  if (threadIdx.x == 0) last = atomicAdd(p.tile_counters + tile, 1) == (int)gridDim.z - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();  // and everyone else's are visible to us
-  const float bias = (mine && p.bias) ? to_float<BF16>(p.bias[m]) : 0.f;
-  const i64 slice = (i64)p.N * p.M;
-#pragma unroll
-  for (int i = 0; i < 8 * P; i++) {
-    const int n = n0 + i;
-    if (mine && n < p.N) {
-      float sum = 0.f;
-      for (int z = 0; z < (int)gridDim.z; z++) sum += __ldcg(p.partial + z * slice + (i64)n * p.M + m);
-      p.y[(i64)n * p.M + m] = from_float<BF16>(sum + bias);
-    }
-  }
-  if (threadIdx.x == 0) p.tile_counters[tile] = 0;
-}
-
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -174,21 +145,20 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
     }
   }
 
-  const int m = s * SELL_SLICE + lane;  // rows past M (or past the last slice) write nothing
-  const bool mine = s < p.S && m < p.M;
+  if (s >= p.S) return;
+  const int m = s * SELL_SLICE + lane;
+  if (m >= p.M) return;
   const bool split = gridDim.z > 1;
-  if (!split) {
-    const float bias = (mine && p.bias) ? to_float<BF16>(p.bias[m]) : 0.f;
-#pragma unroll
-    for (int i = 0; i < 8 * P; i++)
-      if (mine && n0 + i < p.N) p.y[(i64)(n0 + i) * p.M + m] = from_float<BF16>(acc[i] + bias);
-    return;
-  }
+  const float bias = (!split && p.bias) ? to_float<BF16>(p.bias[m]) : 0.f;
   float* out = p.partial + (i64)blockIdx.z * p.N * p.M;
 #pragma unroll
-  for (int i = 0; i < 8 * P; i++)
-    if (mine && n0 + i < p.N) out[(i64)(n0 + i) * p.M + m] = acc[i];
-  if (p.tile_counters) last_slice_reduces<P, BF16>(p, mine, m, n0);
+  for (int i = 0; i < 8 * P; i++) {
+    const int n = n0 + i;
+    if (n < p.N) {
+      if (split) out[(i64)n * p.M + m] = acc[i];
+      else p.y[(i64)n * p.M + m] = from_float<BF16>(acc[i] + bias);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
