@@ -14,7 +14,7 @@ import torch
 from . import jit
 
 MAX_KEYS = 8192  # the scores live in shared memory: 4 bytes a key
-ATTN_THREADS = 256  # as in csrc/attention.cu
+WARP_CHOICES = (8, 16, 32)
 HEAD_DIMS = (64, 128)
 
 
@@ -26,7 +26,7 @@ class AttnParams(ctypes.Structure):
 
 
 def variants() -> list[str]:
-    return [f"decode_attention<{d},{bf16}>" for d in HEAD_DIMS for bf16 in ("false", "true")]
+    return [f"decode_attention<{d},{bf16},{w}>" for d in HEAD_DIMS for bf16 in ("false", "true") for w in WARP_CHOICES]
 
 
 def _usable(q, k, v, mask) -> bool:
@@ -41,7 +41,7 @@ def _usable(q, k, v, mask) -> bool:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     scale: float) -> torch.Tensor | None:
+                     scale: float, warps: int = 8) -> torch.Tensor | None:
     """softmax(q k^T * scale, masked) v for q [B, H, 1, D], k/v [B, Hkv, L, D], mask [B, 1, 1, L] bool
     (True = attend; every row needs one); query head h reads KV head h // (H / Hkv).  [B, H, 1, D] or None."""
     if not _usable(q, k, v, mask):
@@ -57,8 +57,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                         v.stride(1), v.stride(2), m.stride(0))
     dev = q.device.index
     with jit.on_device(q.device):
-        kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'}>", dev,
-                                jit.capability(dev), program="attention.cu")
+        kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'},{warps}>",
+                                dev, jit.capability(dev), program="attention.cu")
         kernel.launch((b * h, 1, 1), 4 * length, torch.cuda.current_stream(q.device).cuda_stream, params,
-                      ATTN_THREADS)
+                      32 * warps)
     return out

@@ -8,8 +8,6 @@
 // (4 warps unrolled by 4 measured 42 us at batch 8, slower than cuDNN).
 #include "common.cuh"
 
-#define ATTN_THREADS 256
-#define ATTN_WARPS (ATTN_THREADS / 32)
 #define NEG_INF __int_as_float(0xff800000)
 
 // PER consecutive 16-bit values (8 or 4 bytes, aligned: rows are whole multiples of D) as floats.
@@ -43,8 +41,9 @@ struct AttnParams {
   i64 q_b, q_h, k_b, k_h, k_l, v_b, v_h, v_l, m_b;
 };
 
-template <int D, bool BF16>
-__global__ void __launch_bounds__(ATTN_THREADS) decode_attention(const AttnParams p) {
+template <int D, bool BF16, int ATTN_WARPS>
+__global__ void __launch_bounds__(ATTN_WARPS * 32) decode_attention(const AttnParams p) {
+  constexpr int ATTN_THREADS = ATTN_WARPS * 32;
   constexpr int PER = D / 32;  // values per lane: 2 (D = 64) or 4 (D = 128)
   extern __shared__ float scores[];
   __shared__ float part[ATTN_WARPS][D];
