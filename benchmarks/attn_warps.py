@@ -1,5 +1,6 @@
 """Device aid: the decode-attention kernel by warps per CTA, on a decode step's shapes (OPT-30B: 56 heads
-x 128; a static 192-key cache of which the first `valid` keys are live), against cuDNN SDPA.
+x 128; a static 192-key cache of which the first `valid` keys are live), against cuDNN SDPA.  The cache
+rotates over copies, as in a real step (each layer's cache was last read a step ago: not in L2).
 
 usage: python benchmarks/attn_warps.py
 """
@@ -13,7 +14,8 @@ from flashllm.kernels.attention import WARP_CHOICES, decode_attention
 for batch in (8, 16, 32):
     for valid in (65, 129, 192):
         q = torch.randn(batch, 56, 1, 128, device="cuda").half()
-        k, v = (torch.randn(batch, 56, 192, 128, device="cuda").half() for _ in range(2))
+        kvs = [tuple(torch.randn(batch, 56, 192, 128, device="cuda").half() for _ in range(2)) for _ in range(6)]
+        k, v = kvs[0]
         mask = torch.zeros(batch, 1, 1, 192, dtype=torch.bool, device="cuda")
         mask[..., :valid] = True
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
@@ -22,8 +24,10 @@ for batch in (8, 16, 32):
             y = decode_attention(q, k, v, mask, 128 ** -0.5, warps=w)
             err = (y.float() - ref).abs().max().item()
             assert err < 2e-2, (w, err)
-            us = time_graph([lambda w=w: decode_attention(q, k, v, mask, 128 ** -0.5, warps=w)], launches=50, replays=5)
+            us = time_graph([lambda w=w, k=k, v=v: decode_attention(q, k, v, mask, 128 ** -0.5, warps=w) for k, v in kvs],
+                            launches=60, replays=5)
             row.append(f"{w} warps {us:6.1f} us")
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            us = time_graph([lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)], launches=50, replays=5)
+            us = time_graph([lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask) for k, v in kvs],
+                            launches=60, replays=5)
         print(f"batch {batch:2d} live keys {valid:3d}/192: " + " | ".join(row) + f" | cuDNN {us:6.1f} us", flush=True)
