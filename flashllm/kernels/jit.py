@@ -111,6 +111,12 @@ def capability(device_index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device_index)
 
 
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    import torch
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def on_device(device):
     """The device's CUDA context, where its kernels must be loaded and launched; a no-op when it is
     already current (the usual case: skip the switch)."""

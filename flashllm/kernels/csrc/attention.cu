@@ -1,8 +1,9 @@
 // Decode attention: one query token per sequence against the KV cache, one CTA per (sequence, head).
 //
 // At decode torch's fastest SDPA backend (cuDNN) took 23 us for batch 8 x 56 heads x 192 keys on an
-// H200 and 64 us at batch 32: 4x and 3x the time to read the keys and values.  Here each of 8 warps
-// takes every 8th key: a coalesced 8-byte-per-lane slice of the key row, a warp-reduced dot product;
+// H200 and 64 us at batch 32: 4x and 3x the time to read the keys and values.  Here each of W warps
+// (8 or 16, kernels/attention.py) takes every W-th key: a coalesced 8-byte-per-lane slice of the key
+// row, a warp-reduced dot product;
 // then a softmax over the CTA's scores in shared memory (fp32) and the same walk over the values.
 // A CTA's time is the latency of its dependent load batches, hence many warps and deep unrolling
 // (4 warps unrolled by 4 measured 42 us at batch 8, slower than cuDNN).
