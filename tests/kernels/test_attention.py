@@ -34,7 +34,7 @@ def test_gpu_decode_attention_matches_sdpa(dtype, d, heads, kv_heads, length):
     mask[:, :, :, -1] = True  # the query's own slot: no row is empty
     scale = d ** -0.5
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
-    v.masked_fill_(~mask[:, 0, 0, :, None], float("nan"))  # in the cache: masked keys hold garbage
+    v.masked_fill_(~mask[:, 0, 0, :][:, None, :, None], float("nan"))  # in the cache: masked keys hold garbage
     for warps in (None, *WARP_CHOICES):  # the dispatched CTA size and every other one
         y = decode_attention(q, k, v, mask, scale, warps=warps)
         assert y is not None and y.shape == (b, heads, 1, d) and y.dtype == dtype
