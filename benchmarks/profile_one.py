@@ -17,4 +17,4 @@ over = {key: int(v) for key, v in over.items()}
 for _ in range(3):
     y = dispatch.spmm_kernel(x, sw, **over)
 torch.cuda.synchronize()
-print("cfg", dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, **over))
+print("cfg", dispatch.config_for(sw, n))
