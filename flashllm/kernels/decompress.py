@@ -6,7 +6,6 @@ Memory stays bounded: at most `chunk_bytes` of dense weight exist at once.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..formats import SparseWeight
 from ..formats.layout import BLOCK
@@ -45,45 +44,11 @@ def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTE
     m, k = w.shape
     mb = -(-m // BLOCK)
     step = max(1, chunk_bytes // (BLOCK * k * 2))
-    if x.is_cuda:  # several chunks, so that expanding the next overlaps multiplying this one
-        step = max(1, min(step, -(-mb // PIPELINE_CHUNKS)))
     compute = x.dtype if x.dtype == w.dtype else torch.float32
-    xc = x.to(compute)
-    chunks = [(mb0, min(mb, mb0 + step)) for mb0 in range(0, mb, step)]
-    bias_of = lambda mb0, mb1: bias[mb0 * BLOCK:mb1 * BLOCK].to(compute) if bias is not None else None  # noqa: E731
-    if x.is_cuda and len(chunks) > 1:
-        outs = _pipelined(xc, w, chunks, compute, bias_of)
-    else:
-        outs = [F.linear(xc, _expand(w, mb0, mb1).to(compute), bias_of(mb0, mb1)) for mb0, mb1 in chunks]
+    outs = []
+    for mb0 in range(0, mb, step):
+        mb1 = min(mb, mb0 + step)
+        dense = _expand(w, mb0, mb1).to(compute)
+        part = bias[mb0 * BLOCK:mb1 * BLOCK].to(compute) if bias is not None else None
+        outs.append(torch.nn.functional.linear(x.to(compute), dense, part))
     return torch.cat(outs, dim=-1).to(x.dtype)
-
-
-PIPELINE_CHUNKS = 8  # on the GPU: at least this many row chunks (when the weight has that many row blocks)
-_side_streams: dict[int, torch.cuda.Stream] = {}
-
-
-def _pipelined(x, w, chunks, compute, bias_of) -> list[torch.Tensor]:
-    """Expand chunk i + 1 on a side stream while cuBLAS multiplies chunk i on the current one.  At most
-    two expanded chunks exist at once (the side stream waits for the GEMM of chunk i - 2); the side
-    stream forks from and joins the current one, so this also works inside CUDA-graph capture."""
-    main = torch.cuda.current_stream(x.device)
-    side = _side_streams.get(x.device.index)
-    if side is None:
-        side = _side_streams[x.device.index] = torch.cuda.Stream(x.device)
-    side.wait_stream(main)
-    outs, consumed = [], []
-    for i, (mb0, mb1) in enumerate(chunks):
-        with torch.cuda.stream(side):
-            if i >= 2:
-                side.wait_event(consumed[i - 2])
-            dense = _expand(w, mb0, mb1).to(compute)
-            ready = torch.cuda.Event()
-            ready.record(side)
-        main.wait_event(ready)
-        dense.record_stream(main)  # the allocator must not hand it out again before main is done with it
-        outs.append(F.linear(x, dense, bias_of(mb0, mb1)))
-        done = torch.cuda.Event()
-        done.record(main)
-        consumed.append(done)
-    main.wait_stream(side)
-    return outs
