@@ -49,7 +49,8 @@ def main():
                     copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
                     cfgs = [{}]
                     if sweep and f == "sell":
-                        cfgs += [{"depth": 8}, {"depth": 2}, {"parts": 2}]
+                        cfgs += [{"warps": w, "depth": d, "parts": q} for w, d in ((8, 4), (16, 2), (16, 4))
+                                 for q in (1, 2, 4)]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))
