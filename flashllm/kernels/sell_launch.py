@@ -50,7 +50,8 @@ def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = Non
     - planes: the fewest that cover min(N, 32) tokens.
     - warps, depth: one plane: 8 warps (one X tile serves 256 rows; 2 and 4 were slower), each loading
       4 steps ahead.  Two planes and more: 16 warps, 2 steps ahead - the X tile (64-128 KB) leaves room
-      for one or two CTAs per SM, so a CTA must bring its own warps (16-35 % faster at N = 16-32).
+      for one or two CTAs per SM, so a CTA must bring its own warps (16-35 % faster at N = 16-32 on the
+      H100; on an H200, N = 16 liked 8 warps with parts = 2 better, by ~5 % in the median).
     - split: each K chunk its own grid.z group, up to 8 groups.
     - parts: doubled while the grid has under 2.5 CTAs per SM (one plane; 0.8 with more): small
       matrices (7168 x 7168: 112 CTAs) were latency-bound.

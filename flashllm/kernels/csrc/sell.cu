@@ -1,9 +1,9 @@
 // Sliced-ELL SpMM on CUDA cores: y = x @ W^T for few tokens and high sparsity.
 //
 // Why not tensor cores here: expanding a tile to dense costs work per *weight* (the bitmap decode,
-// Tiled-CSL's zero fill and ldmatrix), however few of them are non-zero.  At 80-90% sparsity and
-// N <= 32 the multiply-adds per *non-zero* (N of them) are cheaper than that, so this kernel skips
-// the dense tile: each lane owns one output row and walks that row's non-zeros.
+// Tiled-CSL's zero fill and ldmatrix), however few of them are non-zero.  At 85-90% sparsity and
+// N <= 16 the multiply-adds per *non-zero* (N of them) are cheaper than that (measured: README), so
+// this kernel skips the dense tile: each lane owns one output row and walks that row's non-zeros.
 //
 // Format (flashllm/formats/sell.py): rows in slices of 32, K in chunks of SELL_CHUNK columns.  A
 // (slice, chunk) holds L entries per row (L = the slice's longest row there, padded to 4; short rows
@@ -12,8 +12,8 @@
 // 16 the byte offset of its column's slot in the X tile (see load_x_chunk): one LEA.HI makes the address.
 //
 // X tile of a chunk: P planes of SELL_CHUNK 16-byte columns (8 tokens each), so one 16-byte shared
-// load brings a column's 8 tokens.  The encoder orders each row's entries by (column - row) % 8: at
-// any step the 8 lanes of a quarter-warp then mostly read 8 different bank groups.
+// load brings a column's 8 tokens.  The encoder deals each row's entries round-robin over the 8 bank
+// groups, starting at row % 8: at most steps the 8 lanes of a quarter-warp read 8 different groups.
 #include "common.cuh"
 
 #define SELL_SLICE 32
