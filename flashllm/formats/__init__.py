@@ -19,14 +19,18 @@ def codec_for(name: str):
         raise ValueError(f"unknown format {name!r}; expected one of {FORMATS} or 'auto'") from None
 
 
-def predicted_nbytes(weight: torch.Tensor) -> dict[str, int]:
+def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
     """Exact size each format would take for this weight, from per-block (per-row) non-zero counts."""
     nz = weight != 0
-    counts = to_blocks(nz).sum(1)
-    ptr = 8 * (counts.numel() + 1)
-    return {"bitmap": int(bitmap.block_bytes(counts).sum()) + ptr,
-            "tiled_csl": 4 * int(tiled_csl.block_words(counts).sum()) + ptr,
-            "sell": sell.predicted_nbytes(nz)}
+    sizes = {}
+    if "bitmap" in formats or "tiled_csl" in formats:
+        counts = to_blocks(nz).sum(1)
+        ptr = 8 * (counts.numel() + 1)
+        sizes["bitmap"] = int(bitmap.block_bytes(counts).sum()) + ptr
+        sizes["tiled_csl"] = 4 * int(tiled_csl.block_words(counts).sum()) + ptr
+    if "sell" in formats:
+        sizes["sell"] = sell.predicted_nbytes(nz)
+    return {f: sizes[f] for f in formats}
 
 
 # From this sparsity on, "auto" takes sliced ELL: its CUDA-core kernel is the fastest at decode sizes
@@ -40,8 +44,8 @@ def auto_format(weight: torch.Tensor) -> str:
     nz = int((weight != 0).sum())
     if nz <= (1 - SELL_MIN_SPARSITY) * weight.numel():
         return "sell"
-    sizes = predicted_nbytes(weight)
-    return min(("bitmap", "tiled_csl"), key=sizes.get)
+    sizes = predicted_nbytes(weight, ("bitmap", "tiled_csl"))
+    return min(sizes, key=sizes.get)
 
 
 def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | None = None) -> SparseWeight:
