@@ -81,7 +81,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-SPARSITIES = (0.0, 0.8)
+SPARSITIES = (0.0, 0.8, 0.9)  # 0.9: "auto" takes sell
 
 
 @pytest.fixture(scope="module")
