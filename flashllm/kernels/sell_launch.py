@@ -11,7 +11,8 @@ from ..formats import SparseWeight
 from ..formats.sell import CHUNK, SLICE, grid
 from . import jit
 
-MAX_PLANES = 4        # tokens per CTA = 8 * planes; more tokens -> more grid.y groups (weights re-read)
+MAX_PLANES = 4        # tokens per CTA = tokens * planes; more -> more grid.y groups (weights re-read)
+TOKEN_CHOICES = (1, 2, 4, 8)  # tokens per plane: under 8 tokens, a narrower X tile (fewer FMAs and bytes)
 WARP_CHOICES = (4, 8, 16)
 DEPTH_CHOICES = (2, 4)
 MAX_N = 64            # above this the weight is decompressed in chunks and multiplied by cuBLAS
@@ -28,26 +29,29 @@ class SellParams(ctypes.Structure):
 
 @dataclass(frozen=True)
 class SellConfig:
-    planes: int            # 8-token planes of the X tile
+    planes: int            # token planes of the X tile
     warps: int             # slices (32 rows each) per CTA
     chunks_per_split: int  # K chunks per chunk group
     split: int             # grid.z: chunk groups x parts (partial sums to reduce)
     depth: int = 4         # 4-entry steps each lane loads ahead
     parts: int = 1         # CTAs sharing the steps of one (slice, chunk)
+    tokens: int = 8        # tokens per plane (1, 2 or 4 only with one plane)
 
     @property
     def smem(self) -> int:
-        return self.planes * CHUNK * 16
+        return self.planes * CHUNK * 2 * self.tokens
 
     def name(self, bf16: bool) -> str:
-        return f"spmm_sell<{self.planes},{self.warps},{self.depth},{'true' if bf16 else 'false'}>"
+        return (f"spmm_sell<{self.tokens},{self.planes},{self.warps},{self.depth},"
+                f"{'true' if bf16 else 'false'}>")
 
 
 def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = None, split: int | None = None,
                        depth: int | None = None, parts: int | None = None) -> SellConfig:
     """From the problem size alone (rules read off sweeps on an H100, benchmarks/sell_probe.py):
 
-    - planes: the fewest that cover min(N, 32) tokens.
+    - tokens, planes: N < 8 takes one plane of 1, 2 or 4 tokens (the fewest that cover N); from 8 on,
+      the fewest 8-token planes that cover min(N, 32).
     - warps, depth: one plane: 8 warps (one X tile serves 256 rows; 2 and 4 were slower), each loading
       4 steps ahead.  Two planes and more: 16 warps, 2 steps ahead - the X tile (64-128 KB) leaves room
       for one or two CTAs per SM, so a CTA must bring its own warps (16-35 % faster at N = 16-32 on the
@@ -57,22 +61,24 @@ def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = Non
       matrices (7168 x 7168: 112 CTAs) were latency-bound.
     """
     n_slices, n_chunks = grid((m, k))
-    planes = min(MAX_PLANES, -(-min(n, 8 * MAX_PLANES) // 8))
+    tokens = next(t for t in TOKEN_CHOICES if t >= min(n, 8))
+    planes = min(MAX_PLANES, -(-min(n, 8 * MAX_PLANES) // 8)) if tokens == 8 else 1
     warps = warps or (8 if planes == 1 else 16)
     depth = depth or (4 if planes == 1 else 2)
     groups = min(n_chunks, MAX_SPLIT) if split is None else max(1, split)
     cps = -(-n_chunks // groups)
     groups = -(-n_chunks // cps)
     if parts is None:
-        ctas = -(-n_slices // warps) * -(-n // (8 * planes)) * groups
+        ctas = -(-n_slices // warps) * -(-n // (tokens * planes)) * groups
         parts, target = 1, sms * (2.5 if planes == 1 else 0.8)
         while ctas * parts < target and parts < 8:
             parts *= 2
-    return SellConfig(planes, warps, cps, groups * parts, depth, parts)
+    return SellConfig(planes, warps, cps, groups * parts, depth, parts, tokens)
 
 
 def variants() -> list[str]:
-    return [SellConfig(p, w, 1, 1, d).name(bf16) for p in range(1, MAX_PLANES + 1) for w in WARP_CHOICES
+    shapes = [(t, 1) for t in TOKEN_CHOICES[:-1]] + [(8, p) for p in range(1, MAX_PLANES + 1)]
+    return [SellConfig(p, w, 1, 1, d, 1, t).name(bf16) for t, p in shapes for w in WARP_CHOICES
             for d in DEPTH_CHOICES for bf16 in (False, True)] + ["sell_decompress<false>"]
 
 
@@ -107,7 +113,7 @@ def launch_sell(x: torch.Tensor, w: SparseWeight, cfg: SellConfig, y: torch.Tens
                         m, n, k, x.stride(0), n_slices, n_chunks, cfg.chunks_per_split, cfg.parts,
                         bias.data_ptr() if bias is not None else 0)
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    ctas = (-(-n_slices // cfg.warps), -(-n // (8 * cfg.planes)), cfg.split)
+    ctas = (-(-n_slices // cfg.warps), -(-n // (cfg.tokens * cfg.planes)), cfg.split)
     kernel.launch(ctas, cfg.smem, stream, params, threads=32 * cfg.warps)
     if partial is not None:
         from .dispatch import launch_reduce

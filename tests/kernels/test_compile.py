@@ -61,12 +61,13 @@ def test_sell_config_heuristic_is_valid():
     from flashllm.kernels import sell_launch
     for (m, k) in [(1, 1), (7168, 7168), (12288, 49152), (49152, 12288), (100, 30000)]:
         n_slices, n_chunks = grid((m, k))
-        for n in (1, 8, 17, 32, 64):
+        for n in (1, 2, 3, 5, 8, 17, 32, 64):
             cfg = sell_launch.choose_sell_config(m, k, n, 132)
             groups = cfg.split // cfg.parts
             assert cfg.split % cfg.parts == 0
             assert groups * cfg.chunks_per_split >= n_chunks > (groups - 1) * cfg.chunks_per_split
-            assert 8 * cfg.planes >= min(n, 32) and cfg.smem <= dispatch.SMEM_PER_SM
+            assert cfg.tokens * cfg.planes >= min(n, 32) and cfg.smem <= dispatch.SMEM_PER_SM
+            assert cfg.tokens == 8 or (cfg.planes == 1 and cfg.tokens >= n)
             assert cfg.name(False) in dispatch.all_variants()
     # a small matrix gets its (slice, chunk) steps dealt to more CTAs; a big one does not
     assert sell_launch.choose_sell_config(7168, 7168, 8, 132).parts > 1

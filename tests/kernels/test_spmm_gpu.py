@@ -227,7 +227,7 @@ def test_sell_every_config(dtype):
     w = pruned(m, k, 0.9, dtype, gen)
     sw = flashllm.compress(w, "sell")
     tol = 2e-3 if dtype == torch.float16 else 1e-2
-    for n in (1, 8, 13, 24, 32, 40):
+    for n in (1, 2, 3, 5, 8, 13, 24, 32, 40):  # 1-, 2-, 4- and 8-token X tiles, 1-4 planes
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
         ref = x.float() @ w.float().T
         for warps in sell_launch.WARP_CHOICES:

@@ -11,8 +11,8 @@
 // read: entry j of lane l at (j / 4) * 128 + l * 4 + j % 4.  An entry is 32 bits: low 16 the value, high
 // 16 the byte offset of its column's slot in the X tile (see load_x_chunk): one LEA.HI makes the address.
 //
-// X tile of a chunk: P planes of SELL_CHUNK 16-byte columns (8 tokens each), so one 16-byte shared
-// load brings a column's 8 tokens.  The encoder deals each row's entries round-robin over the 8 bank
+// X tile of a chunk: P planes of SELL_CHUNK columns of T tokens (T = 8, or 1/2/4 when N < 8), so one
+// shared load brings a column's T tokens.  The encoder deals each row's entries round-robin over the 8 bank
 // groups, starting at row % 8: at most steps the 8 lanes of a quarter-warp read 8 different groups.
 #include "common.cuh"
 
@@ -38,55 +38,75 @@ __device__ __forceinline__ float entry_value(u32 e) {
   return to_float<BF16>((u16)(e & 0xFFFF));
 }
 
-// acc[0..7] += v * the 8 tokens of one X column.
-template <bool BF16>
-__device__ __forceinline__ void fma8(float* acc, float v, const uint4& q) {
-  const u32 w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    acc[2 * i] = fmaf(v, to_float<BF16>((u16)(w[i] & 0xFFFF)), acc[2 * i]);
-    acc[2 * i + 1] = fmaf(v, to_float<BF16>((u16)(w[i] >> 16)), acc[2 * i + 1]);
+// T 16-bit values of one X column (T = 1, 2, 4, 8 tokens: 2T bytes at an aligned address) as words.
+template <int T>
+__device__ __forceinline__ void load_column(u32 (&w)[(T + 1) / 2], const u8* at) {
+  if (T == 8) {
+    const uint4 q = *(const uint4*)at;
+    w[0] = q.x; w[(T + 1) / 2 > 1 ? 1 : 0] = q.y; w[(T + 1) / 2 > 2 ? 2 : 0] = q.z; w[(T + 1) / 2 > 3 ? 3 : 0] = q.w;
+  } else if (T == 4) {
+    const uint2 q = *(const uint2*)at;
+    w[0] = q.x; w[(T + 1) / 2 > 1 ? 1 : 0] = q.y;
+  } else if (T == 2) {
+    w[0] = *(const u32*)at;
+  } else {
+    w[0] = *(const u16*)at;
   }
 }
 
-template <int P, bool BF16>
-__device__ __forceinline__ void sell_entry(float (&acc)[8 * P], const uint4* xs, u32 e) {
-  const float v = entry_value<BF16>(e);
-  const uint4* col = (const uint4*)((const u8*)xs + (e >> 16));
+// acc[0..T) += v * the T tokens of one X column.
+template <int T, bool BF16>
+__device__ __forceinline__ void fma_column(float* acc, float v, const u8* at) {
+  u32 w[(T + 1) / 2];
+  load_column<T>(w, at);
 #pragma unroll
-  for (int pl = 0; pl < P; pl++) fma8<BF16>(acc + 8 * pl, v, col[pl * SELL_CHUNK]);
+  for (int i = 0; i < T; i++)
+    acc[i] = fmaf(v, to_float<BF16>((u16)(i & 1 ? w[i / 2] >> 16 : w[i / 2] & 0xFFFF)), acc[i]);
+}
+
+// A tile slot holds a column's T tokens in 2T bytes; the entry's offset is slot * 16, so the byte
+// address is base + offset * T / 8 (one LEA.HI for every T: the shift folds into it).
+template <int T, int P, bool BF16>
+__device__ __forceinline__ void sell_entry(float (&acc)[T * P], const u8* xs, u32 e) {
+  const float v = entry_value<BF16>(e);
+  const u8* col = xs + ((e >> 16) >> (T == 8 ? 0 : T == 4 ? 1 : T == 2 ? 2 : 3));
+#pragma unroll
+  for (int pl = 0; pl < P; pl++) fma_column<T, BF16>(acc + T * pl, v, col + pl * SELL_CHUNK * 2 * T);
 }
 
 // Column c of a chunk sits in tile slot c ^ ((c / 8) % 8): the thread that transposes columns
 // 8g..8g+7 then stores column j to bank group j ^ (g % 8), so 8 consecutive threads hit 8 different
 // groups.  (The encoder writes slot * 16 as the entry's offset, so the kernel never swizzles.)
 //
-// X columns [c * SELL_CHUNK, +SELL_CHUNK) of tokens n0.. n0 + 8P into the tile: per (plane, 8
-// columns) one thread loads 8 tokens x 16 bytes and transposes them with byte permutes.
-template <int P, int W>
-__device__ __forceinline__ void load_x_chunk(uint4* xs, const SellParams& p, int n0, int c) {
+// X columns [c * SELL_CHUNK, +SELL_CHUNK) of tokens n0.. n0 + T * P into the tile: per (plane, 8
+// columns) one thread loads T tokens x 16 bytes and transposes them with byte permutes.
+template <int T, int P, int W>
+__device__ __forceinline__ void load_x_chunk(u8* xs, const SellParams& p, int n0, int c) {
   const int k0 = c * SELL_CHUNK;
   for (int i = threadIdx.x; i < P * SELL_CHUNK / 8; i += W * 32) {
     const int pl = i / (SELL_CHUNK / 8), g = i % (SELL_CHUNK / 8), k = k0 + 8 * g;
-    uint4 tok[8];
+    u32 tok[T][4];
 #pragma unroll
-    for (int t = 0; t < 8; t++) {
-      const int n = n0 + 8 * pl + t;
+    for (int t = 0; t < T; t++) {
+      const int n = n0 + T * pl + t;
       // ldx is padded to 8 with zeros, so 8 columns are all in or all out
-      tok[t] = (n < p.N && k < p.K) ? *(const uint4*)(p.x + (i64)n * p.ldx + k) : make_uint4(0, 0, 0, 0);
+      const uint4 q = (n < p.N && k < p.K) ? *(const uint4*)(p.x + (i64)n * p.ldx + k) : make_uint4(0, 0, 0, 0);
+      tok[t][0] = q.x; tok[t][1] = q.y; tok[t][2] = q.z; tok[t][3] = q.w;
     }
-    uint4* dst = xs + pl * SELL_CHUNK + 8 * g;
+    u8* dst = xs + (pl * SELL_CHUNK + 8 * g) * 2 * T;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-      const u32 sel = (j & 1) ? 0x7632 : 0x5410;
-      u32 q[4];
+      u8* at = dst + (j ^ (g & 7)) * 2 * T;
+      if (T == 1) {
+        *(u16*)at = (u16)(j & 1 ? tok[0][j >> 1] >> 16 : tok[0][j >> 1] & 0xFFFF);
+      } else {
+        u32 q[T / 2 > 0 ? T / 2 : 1];
 #pragma unroll
-      for (int t = 0; t < 4; t++) {
-        const u32 lo = (j >> 1) == 0 ? tok[2 * t].x : (j >> 1) == 1 ? tok[2 * t].y : (j >> 1) == 2 ? tok[2 * t].z : tok[2 * t].w;
-        const u32 hi = (j >> 1) == 0 ? tok[2 * t + 1].x : (j >> 1) == 1 ? tok[2 * t + 1].y : (j >> 1) == 2 ? tok[2 * t + 1].z : tok[2 * t + 1].w;
-        q[t] = __byte_perm(lo, hi, sel);
+        for (int t = 0; t < T / 2; t++) q[t] = __byte_perm(tok[2 * t][j >> 1], tok[2 * t + 1 < T ? 2 * t + 1 : 0][j >> 1], j & 1 ? 0x7632 : 0x5410);
+        if (T == 8) *(uint4*)at = make_uint4(q[0], q[T / 2 > 1 ? 1 : 0], q[T / 2 > 2 ? 2 : 0], q[T / 2 > 3 ? 3 : 0]);
+        else if (T == 4) *(uint2*)at = make_uint2(q[0], q[T / 2 > 1 ? 1 : 0]);
+        else *(u32*)at = q[0];
       }
-      dst[j ^ (g & 7)] = make_uint4(q[0], q[1], q[2], q[3]);
     }
   }
 }
@@ -98,26 +118,27 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
-// grid: (slices / W, token groups of 8P, K splits); W warps, warp w owns slice blockIdx.x * W + w;
-// D: steps (4 entries per lane) loaded ahead.
-template <int P, int W, int D, bool BF16>
+// grid: (slices / W, token groups of T * P, K splits); W warps, warp w owns slice blockIdx.x * W + w;
+// T tokens per plane (1, 2, 4 for N < 8, else 8), P planes; D: steps (4 entries per lane) loaded ahead.
+template <int T, int P, int W, int D, bool BF16>
 __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
-  extern __shared__ uint4 xs[];  // [P][SELL_CHUNK]
+  extern __shared__ uint4 smem[];  // the X tile: [P][SELL_CHUNK] slots of 2T bytes
+  u8* xs = (u8*)smem;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int s = blockIdx.x * W + warp;
-  const int n0 = blockIdx.y * 8 * P;
+  const int n0 = blockIdx.y * T * P;
   // Small matrices have too few (slice, chunk) pairs to fill the GPU: the steps of one pair can be
   // dealt to `parts` CTAs (each still loads the whole X chunk: entries are in bank order, not by column).
   const int part = blockIdx.z % p.parts;
   const int c0 = blockIdx.z / p.parts * p.chunks_per_split;
   const int c1 = min(p.C, c0 + p.chunks_per_split);
-  float acc[8 * P];
+  float acc[T * P];
 #pragma unroll
-  for (int i = 0; i < 8 * P; i++) acc[i] = 0.f;
+  for (int i = 0; i < T * P; i++) acc[i] = 0.f;
 
   for (int c = c0; c < c1; c++) {
     __syncthreads();  // every warp is done with the previous chunk's tile
-    load_x_chunk<P, W>(xs, p, n0, c);
+    load_x_chunk<T, P, W>(xs, p, n0, c);
     __syncthreads();
     if (s >= p.S) continue;
     const i64 begin = p.slice_ptr[(i64)s * p.C + c];
@@ -136,10 +157,10 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
         if (i + d < steps) {
           const uint4 cur = buf[d];
           if (i + d + D < steps) buf[d] = ld_stream(src + (i + d + D) * 32);
-          sell_entry<P, BF16>(acc, xs, cur.x);
-          sell_entry<P, BF16>(acc, xs, cur.y);
-          sell_entry<P, BF16>(acc, xs, cur.z);
-          sell_entry<P, BF16>(acc, xs, cur.w);
+          sell_entry<T, P, BF16>(acc, xs, cur.x);
+          sell_entry<T, P, BF16>(acc, xs, cur.y);
+          sell_entry<T, P, BF16>(acc, xs, cur.z);
+          sell_entry<T, P, BF16>(acc, xs, cur.w);
         }
       }
     }
@@ -152,7 +173,7 @@ __global__ void __launch_bounds__(W * 32) spmm_sell(SellParams p) {
   const float bias = (!split && p.bias) ? to_float<BF16>(p.bias[m]) : 0.f;
   float* out = p.partial + (i64)blockIdx.z * p.N * p.M;
 #pragma unroll
-  for (int i = 0; i < 8 * P; i++) {
+  for (int i = 0; i < T * P; i++) {
     const int n = n0 + i;
     if (n < p.N) {
       if (split) out[(i64)n * p.M + m] = acc[i];
