@@ -41,13 +41,13 @@ __device__ __forceinline__ float entry_value(u32 e) {
 // T 16-bit values of one X column (T = 1, 2, 4, 8 tokens: 2T bytes at an aligned address) as words.
 template <int T>
 __device__ __forceinline__ void load_column(u32 (&w)[(T + 1) / 2], const u8* at) {
-  if (T == 8) {
+  if constexpr (T == 8) {
     const uint4 q = *(const uint4*)at;
-    w[0] = q.x; w[(T + 1) / 2 > 1 ? 1 : 0] = q.y; w[(T + 1) / 2 > 2 ? 2 : 0] = q.z; w[(T + 1) / 2 > 3 ? 3 : 0] = q.w;
-  } else if (T == 4) {
+    w[0] = q.x; w[1] = q.y; w[2] = q.z; w[3] = q.w;
+  } else if constexpr (T == 4) {
     const uint2 q = *(const uint2*)at;
-    w[0] = q.x; w[(T + 1) / 2 > 1 ? 1 : 0] = q.y;
-  } else if (T == 2) {
+    w[0] = q.x; w[1] = q.y;
+  } else if constexpr (T == 2) {
     w[0] = *(const u32*)at;
   } else {
     w[0] = *(const u16*)at;
@@ -97,14 +97,14 @@ __device__ __forceinline__ void load_x_chunk(u8* xs, const SellParams& p, int n0
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       u8* at = dst + (j ^ (g & 7)) * 2 * T;
-      if (T == 1) {
+      if constexpr (T == 1) {
         *(u16*)at = (u16)(j & 1 ? tok[0][j >> 1] >> 16 : tok[0][j >> 1] & 0xFFFF);
       } else {
-        u32 q[T / 2 > 0 ? T / 2 : 1];
+        u32 q[T / 2];  // token pairs (2t, 2t + 1) of column j
 #pragma unroll
-        for (int t = 0; t < T / 2; t++) q[t] = __byte_perm(tok[2 * t][j >> 1], tok[2 * t + 1 < T ? 2 * t + 1 : 0][j >> 1], j & 1 ? 0x7632 : 0x5410);
-        if (T == 8) *(uint4*)at = make_uint4(q[0], q[T / 2 > 1 ? 1 : 0], q[T / 2 > 2 ? 2 : 0], q[T / 2 > 3 ? 3 : 0]);
-        else if (T == 4) *(uint2*)at = make_uint2(q[0], q[T / 2 > 1 ? 1 : 0]);
+        for (int t = 0; t < T / 2; t++) q[t] = __byte_perm(tok[2 * t][j >> 1], tok[2 * t + 1][j >> 1], j & 1 ? 0x7632 : 0x5410);
+        if constexpr (T == 8) *(uint4*)at = make_uint4(q[0], q[1], q[2], q[3]);
+        else if constexpr (T == 4) *(uint2*)at = make_uint2(q[0], q[1]);
         else *(u32*)at = q[0];
       }
     }
