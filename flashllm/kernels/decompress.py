@@ -10,6 +10,7 @@ import torch
 from ..formats import SparseWeight
 from ..formats.layout import BLOCK
 from ..formats.sell import grid as sell_grid
+from . import jit
 
 CHUNK_BYTES = 256 << 20
 
@@ -33,7 +34,7 @@ def row_blocks(w: SparseWeight, mb0: int, mb1: int) -> SparseWeight:
 
 
 def _expand(w: SparseWeight, mb0: int, mb1: int) -> torch.Tensor:
-    if w.device.type == "cuda" and torch.cuda.get_device_capability(w.device) >= (8, 0):
+    if w.device.type == "cuda" and jit.capability(w.device.index) >= (8, 0):
         from .dispatch import decompress_cuda
         return decompress_cuda(w, mb0, mb1)  # reads the offsets on the GPU: no host sync
     return row_blocks(w, mb0, mb1).to_dense()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..formats import SparseWeight
+from ..formats import SparseWeight, codec_for
 from ..formats.layout import BLOCK, block_grid
 from . import jit
 from .sell_launch import MAX_N as MAX_SELL_N
@@ -50,10 +50,9 @@ class Config:
         return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{flag(bf16)},{flag(self.wg)}>"
 
 
-@functools.lru_cache(maxsize=None)
 def _device_props(index: int) -> tuple[int, tuple[int, int]]:
-    p = torch.cuda.get_device_properties(index)
-    return p.multi_processor_count, (p.major, p.minor)
+    """(SM count, capability), both cached once per device by jit."""
+    return jit.sm_count(index), jit.capability(index)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,8 +126,7 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     kernel = jit.get_kernel(cfg.name(w.format, bf16), dev, cap)
     mb, kb = block_grid((m, k))
     partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
-    data = w.tensors["data"] if w.format == "bitmap" else w.tensors["words"]
-    ptr = w.tensors["block_ptr"] if w.format == "bitmap" else w.tensors["tile_ptr"]
+    data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
     params = Params(data.data_ptr(), ptr.data_ptr(), x.data_ptr(), y.data_ptr(),
                     partial.data_ptr() if partial is not None else 0,
                     m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes,
@@ -152,12 +150,13 @@ def launch_reduce(partial: torch.Tensor, y: torch.Tensor, split: int, bias: torc
                         bias.data_ptr() if bias is not None else 0, ctypes.c_int(m)])
 
 
-def config_for(w: SparseWeight, n: int):
-    """The launch config spmm_kernel picks for this weight and N tokens (for reports)."""
+def config_for(w: SparseWeight, n: int, **overrides):
+    """The launch config spmm_kernel picks for this weight and N tokens (overrides: a sweep's choices)."""
     sms, cap = _device_props(w.device.index)
     if w.format == "sell":
-        return choose_sell_config(*w.shape, n, sms)
-    return choose_config(w.format, *w.shape, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a")
+        return choose_sell_config(*w.shape, n, sms, **overrides)
+    return choose_config(w.format, *w.shape, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a",
+                         **overrides)
 
 
 def prepare_x(x: torch.Tensor) -> torch.Tensor:
@@ -174,19 +173,12 @@ def prepare_x(x: torch.Tensor) -> torch.Tensor:
 def spmm_kernel(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
     """Run our kernel whatever N is (the custom op's body); bias [M] in x's dtype, added before rounding."""
     n = x.shape[0]
-    m, k = w.shape
-    y = torch.empty((n, m), dtype=x.dtype, device=x.device)
+    y = torch.empty((n, w.shape[0]), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
-    sms, cap = _device_props(x.device.index)
-    if w.format == "sell":
-        cfg = choose_sell_config(m, k, n, sms, **overrides)
-        with jit.on_device(x.device):
-            launch_sell(prepare_x(x), w, cfg, y, bias)
-        return y
-    cfg = choose_config(w.format, m, k, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a", **overrides)
+    cfg = config_for(w, n, **overrides)
     with jit.on_device(x.device):
-        _launch(prepare_x(x), w, cfg, y, bias)
+        (launch_sell if w.format == "sell" else _launch)(prepare_x(x), w, cfg, y, bias)
     return y
 
 
@@ -242,8 +234,7 @@ def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> to
     dev = w.device.index
     _, cap = _device_props(dev)
     csl = w.format == "tiled_csl"
-    data = w.tensors["words"] if csl else w.tensors["data"]
-    ptr = w.tensors["tile_ptr"] if csl else w.tensors["block_ptr"]
+    data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
     with torch.cuda.device(w.device):
         kernel = jit.get_kernel(f"decompress<{'true' if csl else 'false'}>", dev, cap)
         kernel.launch_args((kb, mb1 - mb0, 1), (THREADS, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,

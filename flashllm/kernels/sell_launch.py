@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,7 @@ class SellConfig:
                 f"{'true' if bf16 else 'false'}>")
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_sell_config(m: int, k: int, n: int, sms: int, warps: int | None = None, split: int | None = None,
                        depth: int | None = None, parts: int | None = None) -> SellConfig:
     """From the problem size alone (rules read off sweeps on an H100, benchmarks/sell_probe.py):

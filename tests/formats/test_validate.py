@@ -30,6 +30,13 @@ def with_tensors(sw: SparseWeight, **tensors) -> SparseWeight:
     return dataclasses.replace(sw, tensors={**sw.tensors, **tensors})
 
 
+def with_element(sw: SparseWeight, key: str, i: int, value: int) -> SparseWeight:
+    """A copy of sw whose tensor `key` holds `value` at index i."""
+    t = sw.tensors[key].clone()
+    t[i] = value
+    return with_tensors(sw, **{key: t})
+
+
 def padding_set(fmt: str, drop: str) -> SparseWeight:
     """A weight whose last row (or column) is non-zero, relabelled one row (column) smaller:
     the non-zero now sits in block padding while every count and offset still agrees."""
@@ -48,10 +55,7 @@ def bitmap_cases():
     sw = compress(W, "bitmap")
     data, ptr = sw.tensors["data"], sw.tensors["block_ptr"]
 
-    def set_ptr(i, v):
-        p = ptr.clone()
-        p[i] = v
-        return with_tensors(sw, block_ptr=p)
+    set_ptr = lambda i, v: with_element(sw, "block_ptr", i, v)  # noqa: E731
 
     ends_plus_one = data.clone()
     ends_plus_one.view(torch.int16)[int(ptr[1]) // 2 + 3] += 1  # block 1, stream 3's end
@@ -91,15 +95,8 @@ def tiled_csl_cases():
     sw = compress(W, "tiled_csl")
     words, ptr = sw.tensors["words"], sw.tensors["tile_ptr"]
 
-    def set_ptr(i, v):
-        p = ptr.clone()
-        p[i] = v
-        return with_tensors(sw, tile_ptr=p)
-
-    def set_word(i, word):
-        w = words.clone()
-        w[i] = word
-        return with_tensors(sw, words=w)
+    set_ptr = lambda i, v: with_element(sw, "tile_ptr", i, v)  # noqa: E731
+    set_word = lambda i, v: with_element(sw, "words", i, v)  # noqa: E731
 
     first = int(words[0])
     value_bits = first & 0xFFFF
@@ -159,15 +156,8 @@ def sell_cases():
     nonzero = ((entries & 0x7FFF) != 0).nonzero().squeeze(1)
     first, second = int(nonzero[0]), int(nonzero[1])
 
-    def set_entry(i, v):
-        e = entries.clone()
-        e[i] = v
-        return with_tensors(sw, entries=e)
-
-    def set_ptr(i, v):
-        p = ptr.clone()
-        p[i] = v
-        return with_tensors(sw, slice_ptr=p)
+    set_entry = lambda i, v: with_element(sw, "entries", i, v)  # noqa: E731
+    set_ptr = lambda i, v: with_element(sw, "slice_ptr", i, v)  # noqa: E731
 
     low = lambda i: int(entries[i]) & 0xFFFF  # noqa: E731
     return [

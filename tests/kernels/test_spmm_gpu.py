@@ -30,10 +30,14 @@ MMA = [pytest.param(False, id="mma.sync"),
        pytest.param(True, id="wgmma", marks=pytest.mark.skipif(not HOPPER, reason="wgmma needs sm_90a"))]
 
 
+def skip_mma_choice_for_sell(fmt, wg):
+    if fmt == "sell" and wg:
+        pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
+
+
 def check(x, w_dense, sw, tol, wg=None):
     ref = x.float() @ w_dense.float().T
-    if sw.format == "sell" and wg:
-        pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
+    skip_mma_choice_for_sell(sw.format, wg)
     kw = {} if wg is None or sw.format == "sell" else {"wg": wg}
     y = spmm_kernel(x, sw, **kw)
     assert y.dtype == x.dtype and y.shape == ref.shape
@@ -105,8 +109,7 @@ def test_every_output_written(fmt, wg):
     sw = flashllm.compress(w, fmt)
     x = torch.randn(24, 512, device="cuda").half()
     from flashllm.kernels import dispatch, sell_launch
-    if fmt == "sell" and wg:
-        pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
+    skip_mma_choice_for_sell(fmt, wg)
     for split in (1, 3):
         y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
         if fmt == "sell":
@@ -123,6 +126,7 @@ def test_every_output_written(fmt, wg):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_added_before_rounding(fmt, dtype, wg):
     """bias in the epilogue (split 1) and in the split-K reduce; the large-N path adds it through cuBLAS."""
+    skip_mma_choice_for_sell(fmt, wg)
     gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
     m, k = 333, 517
     w = pruned(m, k, 0.8, dtype, gen)
@@ -132,8 +136,6 @@ def test_bias_added_before_rounding(fmt, dtype, wg):
     for n, split in ((1, 1), (8, 1), (8, 3), (17, None), (300, None)):
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
         ref = x.float() @ w.float().T + bias.float()
-        if fmt == "sell" and wg:
-            pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
         kw = {} if split is None else {"split": split} if fmt == "sell" else {"split": split, "wg": wg}
         y = spmm_kernel(x, sw, bias, **kw) if n <= 128 else flashllm.spmm(x, sw, bias)
         assert rel_err(y, ref) <= tol, (n, split, rel_err(y, ref))
