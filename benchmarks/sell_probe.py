@@ -2,7 +2,7 @@
 config sweep (warps per CTA, K split).  Checks every result against an fp32 reference first.
 
 usage: python benchmarks/sell_probe.py      env: SHAPES=27648x9216,7168x7168 NS=8,16,32 SPARSITIES=0.5,0.9
-       SWEEP=1 (try warps 2/4/8 and splits)   FORMATS=bitmap,tiled_csl (also time these)
+       SWEEP=1 (sell: warps/depth/parts; pairmap: spw/stages/split)  BEST_OF=pairmap   FORMATS=bitmap,tiled_csl (also time these)
 """
 import json
 import os
@@ -19,6 +19,9 @@ from flashllm.kernels import dispatch
 
 def env_list(name, default, conv):
     return [conv(v) for v in os.environ.get(name, default).split(",") if v]
+
+
+BEST_OF = os.environ.get("BEST_OF", "sell")  # which format's swept configs the last column ranks
 
 
 def main():
@@ -51,6 +54,8 @@ def main():
                     if sweep and f == "sell":
                         cfgs += [{"warps": w, "depth": d, "parts": q} for w, d in ((8, 4), (16, 2), (16, 4))
                                  for q in (1, 2, 4)]
+                    elif sweep and f == "pairmap":
+                        cfgs += [{"spw": 2, "stages": b, "split": c} for b in (2, 3) for c in (2, 4, 6, 8, 12, 16)]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))
@@ -58,12 +63,12 @@ def main():
                     row[f + "_bytes"] = sw.nbytes
                     row[f + "_err"] = err
                 rows.append(row)
-                best = min((v, kk) for kk, v in row.items() if kk.startswith("sell")
+                best = min((v, kk) for kk, v in row.items() if kk.startswith(BEST_OF)
                            and not kk.endswith(("bytes", "err")))
                 print(f"{m}x{k} N={n} s={sp:.0%}: cublas {t_dense:6.1f}  sell {row['sell']:6.1f} "
                       f"({t_dense / row['sell']:.2f}x, {row['sell_bytes'] / row['sell'] / 1e3:.0f} GB/s)  "
                       + "  ".join(f"{f} {t_dense / row[f]:.2f}x" for f in others)
-                      + f"  best-sell {best[1]} {t_dense / best[0]:.2f}x", flush=True)
+                      + f"  best {best[1]} {t_dense / best[0]:.2f}x", flush=True)
     if os.environ.get("DECOMPRESS") == "1":  # the large-N path: decompress alone, and spmm at N = 512
         from flashllm.kernels.dispatch import decompress_cuda
         m, k = shapes[0]

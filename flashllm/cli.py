@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="pruning method; 'none' compresses the zeros the weights already hold (default wanda)")
     convert.add_argument("--calibration", metavar="FILE",
                          help="text file, one calibration sample per line (needed by wanda and sparsegpt)")
-    convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap", "sell"), default="auto",
+    convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap", "sell", "pairmap"), default="auto",
                          help="compressed format (default auto: sell from 85%% sparsity, else the smaller of "
                               "bitmap and tiled_csl, per layer)")
     convert.add_argument("--exclude", action="append", metavar="PATTERN",

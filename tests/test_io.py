@@ -59,7 +59,7 @@ def patch(path: Path, at: int, new: bytes) -> None:
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "sell"])
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "sell", "pairmap"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_single_round_trip(tmp_path, fmt, dtype):
     w = pruned(100, 130, 0.7, dtype)

@@ -21,7 +21,7 @@ def reference(lin, x):
 
 @pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("fmt", ["auto", "tiled_csl", "bitmap", "sell"])
+@pytest.mark.parametrize("fmt", ["auto", "tiled_csl", "bitmap", "sell", "pairmap"])
 def test_forward_matches_dense_with_same_zeros(lead, bias, fmt):
     lin = pruned_linear(bias=bias)
     sparse = SparseLinear.from_linear(lin, format=fmt)

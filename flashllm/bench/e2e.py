@@ -39,6 +39,7 @@ import torch
 
 from flashllm.engine import Generator, from_hf, preset, random_model, to_hf_config
 from flashllm.engine.presets import PRESETS
+from flashllm.formats import FORMATS
 from flashllm.engine.tp import finish_worker, in_worker, init_tp, relaunch, time_all_reduce, worker_world
 
 GB = 1e9
@@ -338,7 +339,7 @@ def parse_args(argv):
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens (default 64)")
     ap.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
     ap.add_argument("--sparsities", default="0.5,0.7,0.8,0.9", help="sparse variants (default 0.5,0.7,0.8,0.9)")
-    ap.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl", "sell"),
+    ap.add_argument("--format", default="auto", choices=("auto", *FORMATS),
                     help="compressed format (auto: sell from 85%% sparsity, else the smaller of the other two)")
     ap.add_argument("--variants", default="hf,dense,sparse", help="any of hf,dense,sparse (default all)")
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))

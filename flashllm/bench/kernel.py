@@ -232,7 +232,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default="all", help="'all', 'quick' (3 shapes) or comma list of MxK")
     ap.add_argument("--ns", default="8,16,32,64")
     ap.add_argument("--sparsities", default="0.5,0.6,0.7,0.8,0.9")
-    ap.add_argument("--formats", default="bitmap,tiled_csl,sell")
+    ap.add_argument("--formats", default="bitmap,tiled_csl,sell,pairmap")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--peers-at", type=int, default=16, help="N at which 2:4 and cuSPARSE are timed (0: never)")
     ap.add_argument("--out", default=None, help="directory for JSON and PNG")

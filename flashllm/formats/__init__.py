@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from . import bitmap, sell, tiled_csl
+from . import bitmap, pairmap, sell, tiled_csl
 from .base import FORMATS, SparseWeight, check_weight, value_dtype_for
 from .concat import cat_rows
 from .layout import BLOCK, to_blocks
 
-_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell}
+_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell, "pairmap": pairmap}
 
 
 def codec_for(name: str):
@@ -28,22 +28,29 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
         ptr = 8 * (counts.numel() + 1)
         sizes["bitmap"] = int(bitmap.block_bytes(counts).sum()) + ptr
         sizes["tiled_csl"] = 4 * int(tiled_csl.block_words(counts).sum()) + ptr
+    if "pairmap" in formats:
+        sizes["pairmap"] = int(pairmap.block_bytes(pairmap.pair_counts(nz)).sum()) + 8 * (pairmap.pair_counts(nz).numel() + 1)
     if "sell" in formats:
         sizes["sell"] = sell.predicted_nbytes(nz)
     return {f: sizes[f] for f in formats}
 
 
 # From this sparsity on, "auto" takes sliced ELL: its CUDA-core kernel is the fastest at decode sizes
-# (N <= 16) there - on an H100, 1.2-1.6x Tiled-CSL at 90% (benchmarks/results/sell_probe_*); below it
-# the tensor-core kernels win and the smaller of bitmap and Tiled-CSL is taken.
+# (N <= 16) there - on an H100, 1.2-1.6x Tiled-CSL at 90% (benchmarks/results/sell_probe_*).
 SELL_MIN_SPARSITY = 0.85
+# Below that, from this sparsity on, the pair bitmap: its decode costs half the bitmap's, which outweighs
+# its ~50% more bytes (H200, 12 paper shapes, N <= 32: 1.42x / 1.60x cuBLAS at 70 / 80% against the
+# bitmap's 1.12x / 1.14x; level at 60%, slower at 50%).  Below it, the smaller of bitmap and Tiled-CSL.
+PAIRMAP_MIN_SPARSITY = 0.65
 
 
 def auto_format(weight: torch.Tensor) -> str:
-    """The format `compress(weight, "auto")` picks (see SELL_MIN_SPARSITY)."""
+    """The format `compress(weight, "auto")` picks (see SELL_MIN_SPARSITY, PAIRMAP_MIN_SPARSITY)."""
     nz = int((weight != 0).sum())
     if nz <= (1 - SELL_MIN_SPARSITY) * weight.numel():
         return "sell"
+    if nz <= (1 - PAIRMAP_MIN_SPARSITY) * weight.numel():
+        return "pairmap"
     sizes = predicted_nbytes(weight, ("bitmap", "tiled_csl"))
     return min(sizes, key=sizes.get)
 
@@ -51,8 +58,8 @@ def auto_format(weight: torch.Tensor) -> str:
 def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | None = None) -> SparseWeight:
     """Compress a weight [M, K] that already holds its zeros (compress never prunes).
 
-    format: "tiled_csl", "bitmap", "sell" or "auto": sliced ELL from 85% sparsity on (the fastest at
-    decode sizes there), else the smaller of bitmap and Tiled-CSL.
+    format: "tiled_csl", "bitmap", "sell", "pairmap" or "auto": sliced ELL from 85% sparsity on (the
+    fastest at decode sizes there), the pair bitmap from 65%, else the smaller of bitmap and Tiled-CSL.
     dtype: the 16-bit dtype to store values in; fp16/bf16 weights keep theirs, fp32 needs it.
     """
     check_weight(weight)
@@ -74,4 +81,4 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
 
 CHUNK_ELEMENTS = 1 << 23
 
-__all__ = ["SELL_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "auto_format", "FORMATS"]
+__all__ = ["SELL_MIN_SPARSITY", "PAIRMAP_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "auto_format", "FORMATS"]

@@ -21,7 +21,7 @@ import math
 import torch
 
 from .base import SparseWeight, check_ptr, fail
-from .layout import BLOCK, block_grid, from_blocks, padding_mask, stream_order, to_blocks
+from .layout import BLOCK, block_grid, from_blocks, packed_slots, padding_mask, stream_order, to_blocks
 
 TENSORS = ("data", "block_ptr")
 HEADER_BYTES = 16
@@ -59,12 +59,7 @@ def _stream_from_mask_order(bits: torch.Tensor) -> torch.Tensor:
 
 def _value_slots(block_ptr: torch.Tensor, nnz_b: torch.Tensor) -> torch.Tensor:
     """int16 index in `data` of every stored value, blocks in order, stream order inside."""
-    total = int(nnz_b.sum())
-    first = torch.cumsum(nnz_b, 0) - nnz_b
-    block_of = torch.repeat_interleave(torch.arange(nnz_b.numel(), device=nnz_b.device), nnz_b,
-                                       output_size=total)
-    rank = torch.arange(total, device=nnz_b.device) - first[block_of]
-    return (block_ptr[:-1][block_of] + VALUES_AT) // 2 + rank
+    return packed_slots(block_ptr, nnz_b, VALUES_AT, 2)
 
 
 def encode(weight: torch.Tensor, value_dtype: torch.dtype) -> SparseWeight:

@@ -69,6 +69,17 @@ def from_blocks(blocks: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return full[:m, :k].contiguous()
 
 
+def packed_slots(block_ptr: torch.Tensor, counts: torch.Tensor, at_bytes: int, unit: int) -> torch.Tensor:
+    """Index, in `unit`-byte elements of the data buffer, of every record a block packs from byte `at_bytes`
+    on (its header before that): blocks in order, `counts[b]` records in block b."""
+    total = int(counts.sum())
+    first = torch.cumsum(counts, 0) - counts
+    block_of = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts,
+                                       output_size=total)
+    rank = torch.arange(total, device=counts.device) - first[block_of]
+    return (block_ptr[:-1][block_of] + at_bytes) // unit + rank
+
+
 def padding_mask(shape: tuple[int, int], device) -> torch.Tensor:
     """[MB * KB, 4096] bool: True where a block position lies outside the [M, K] matrix."""
     m, k = shape

@@ -83,6 +83,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
         spw, stages = spw or 1, stages or 4
         if spw != 1 or stages < 3:
             raise ValueError(f"the bitmap wgmma kernel takes spw=1 and >= 3 stages, not spw={spw}, stages={stages}")
+    if spw is None and fmt == "pairmap":
+        spw = 2
     if spw is None:
         spw = 2 if fmt == "bitmap" or stage_w <= 4096 else 1
         while spw > 1 and -(-mb // spw) * n_tiles < sms:
@@ -94,6 +96,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else spw * (THREADS // 32) * 128
     if stages is None:
         stages = 2
+    if split is None and fmt == "pairmap":
+        split = pairmap_split(-(-mb // spw) * n_tiles, kb, nt, sms)
     if split is None:
         split = max(1, min(4 if nt == 8 else 8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
@@ -105,12 +109,25 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)
 
 
+def pairmap_split(ctas: int, kb: int, nt: int, sms: int) -> int:
+    """K slices for the pair-bitmap kernel: as many as keep the grid within ~8 CTAs per SM (one wave of
+    resident CTAs; a second, partial wave measured up to 1.35x slower), at least 4 K-blocks each.
+
+    Read off a sweep on an H200 (12 paper shapes x 70/90 % x N = 8/16/32, splits 2-16,
+    benchmarks/results/pairmap_split_sweep_H200_2026-11-22.json): 3 % from the best split on average
+    (the old bitmap rule, 8 slices and one block per CTA on small matrices, lost 20-40 % there).
+    """
+    most = max(1, min(4 if nt == 8 else 16, kb // 4))
+    fits = (8 * sms) // max(1, ctas)
+    return max(1, min(most, fits))
+
+
 # n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
 # (medians over the 12 paper shapes, 50-90 %): Tiled-CSL's wgmma (A and B straight from shared memory,
 # no ldmatrix) is 5 % faster at N = 32 and level at N = 64; the pipelined bitmap wgmma kernel is 5 %
 # slower at N = 64 and 0-15 % slower below (its decode, not the MMA, sets the pace), so bitmap keeps
 # mma.sync.  Both stay compiled and GPU-tested (tests/kernels/test_spmm_gpu.py runs each path).
-WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": (4,)}
+WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": (4,), "pairmap": ()}
 
 
 def use_wgmma(fmt: str, nt: int) -> bool:
@@ -210,15 +227,20 @@ def all_variants() -> list[str]:
     """Every kernel instantiation the dispatcher can pick (CI compiles each one through NVRTC; the
     wgmma ones (last template flag true) only for sm_90a)."""
     names = []
-    for fmt in ("bitmap", "tiled_csl"):
+    for fmt in ("bitmap", "tiled_csl", "pairmap"):
         for bf16 in (False, True):
             for spw in SPW_CHOICES:
                 for nt in NT_CHOICES:
                     for stages in STAGE_CHOICES:
                         for wg in (False, True):
+                            if wg and fmt == "pairmap":
+                                continue  # mma.sync only
                             if not (wg and fmt == "bitmap" and (spw != 1 or stages < 3)):
                                 names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
-    return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<true>", "decompress<false>"]
+    return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<0>", "decompress<1>", "decompress<2>"]
+
+
+_BLOCK_FORMATS = ("bitmap", "tiled_csl", "pairmap")  # the kernels' FMT_* codes (csrc/spmm.cu)
 
 
 def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> torch.Tensor:
@@ -233,10 +255,9 @@ def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> to
     out = torch.empty((rows, k), dtype=w.dtype, device=w.device)
     dev = w.device.index
     _, cap = _device_props(dev)
-    csl = w.format == "tiled_csl"
     data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
     with torch.cuda.device(w.device):
-        kernel = jit.get_kernel(f"decompress<{'true' if csl else 'false'}>", dev, cap)
+        kernel = jit.get_kernel(f"decompress<{_BLOCK_FORMATS.index(w.format)}>", dev, cap)
         kernel.launch_args((kb, mb1 - mb0, 1), (THREADS, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,
                            [data.data_ptr(), ptr.data_ptr(), out.data_ptr(), ctypes.c_int(mb0), ctypes.c_int(rows),
                             ctypes.c_int(k), ctypes.c_int(kb)])

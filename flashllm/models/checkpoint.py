@@ -123,7 +123,7 @@ def from_pretrained(path, device=None, dtype=None, format: str = "auto",
     device: where the model goes (default: CUDA if available, else CPU).
     dtype: float16 / bfloat16 / float32 for the dense tensors and compressed values (default: as stored;
         fp32 weights that get compressed store fp16 values, bf16 if they overflow fp16).
-    format: SparseWeight format for layers compressed here ("auto", "tiled_csl", "bitmap", "sell"); a flashllm
+    format: SparseWeight format for layers compressed here ("auto" or one of formats.FORMATS); a flashllm
         checkpoint stored in another format is re-encoded.
     sparsity_threshold: a linear weight of a dense or bitmask checkpoint is compressed when at least
         this share of it is zero; None keeps every layer dense.

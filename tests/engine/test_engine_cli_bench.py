@@ -64,6 +64,6 @@ def test_bench_e2e_smoke_on_cpu(tmp_path, capsys):
         assert r["tokens_per_gpu_s"] == r["tokens_per_s"] and r["weights_GB"] > 0 and r["kv_cache_GB"] > 0
     sparse = next(r for r in result["rows"] if r["variant"] == "sparse-80%")
     dense = next(r for r in result["rows"] if r["variant"] == "dense")
-    assert sparse["format"] == "bitmap" and sparse["step_bytes_GB"] < 0.6 * dense["step_bytes_GB"]
+    assert sparse["format"] == "pairmap" and sparse["step_bytes_GB"] < 0.6 * dense["step_bytes_GB"]
     assert sparse["build_s"] > 0
     assert list(tmp_path.glob("e2e_opt-tiny_*.png")) and list(tmp_path.glob("e2e_opt-tiny_*.md"))

@@ -66,7 +66,7 @@ def test_random_sparse_model(name):
     linears = [m for m in model.layers.modules() if isinstance(m, SparseLinear)]
     assert len(linears) == 2 * 4 and compressed_projections(model) == 2 * (7 if model.args.gated_ffn else 6)
     assert all(abs(m.weight.sparsity - 0.8) < 0.02 for m in linears)
-    assert abs(report.sparsity - 0.8) < 0.01 and report.formats == {"bitmap": compressed_projections(model)}
+    assert abs(report.sparsity - 0.8) < 0.01 and report.formats == {"pairmap": compressed_projections(model)}
     assert report.weight_bytes < 0.6 * report.dense_bytes and report.seconds > 0
     assert isinstance(model.lm_head, nn.Linear)
     if model.args.tie_embeddings:

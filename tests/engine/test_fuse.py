@@ -35,7 +35,7 @@ def fused_parts(model):
     return attn.qkv_proj, attn.q_proj, ffn.gate_up_proj, ffn.up_proj
 
 
-@pytest.mark.parametrize("weights", ["dense", "bitmap", "tiled_csl", "sell"])
+@pytest.mark.parametrize("weights", ["dense", "bitmap", "tiled_csl", "sell", "pairmap"])
 @pytest.mark.parametrize("kind", ["opt", "llama"])
 def test_fused_model_computes_what_the_unfused_one_does(kind, weights):
     hf = stackable_model(kind, weights)

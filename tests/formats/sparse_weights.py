@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 BLOCK = 64
 DTYPES = (torch.float16, torch.bfloat16)
-FORMATS = ("bitmap", "tiled_csl", "sell")
+FORMATS = ("bitmap", "tiled_csl", "sell", "pairmap")
 PATTERNS = ("random", "zero_rows", "zero_tiles", "dense_tiles", "dense_row", "dense_col",
             "checkerboard", "one_tile", "all_zero", "all_dense")
 

@@ -2,6 +2,8 @@
 
   bitmap    = sum over 64x64 blocks of (528 + ceil(nnz_b / 8) * 16) + 8 * (NB + 1)
   tiled_csl = 4 * sum over blocks of ceil(nnz_b / 4) * 4           + 8 * (NB + 1)
+  pairmap   = sum over 64x64 blocks of (272 + ceil(pairs_b / 4) * 16) + 8 * (NB + 1)
+              (pairs_b: pairs (row, 2j), (row, 2j + 1) of the block with a non-zero; see test_pairmap.py)
 """
 
 from __future__ import annotations
@@ -59,13 +61,31 @@ def test_bytes_per_element_near_the_roofline_table(sparsity):
     assert 4 * (1 - s) <= tiled <= 4 * (1 - s) + 0.004
 
 
-@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+def block_pairs(w: torch.Tensor) -> list[int]:
+    """Non-empty adjacent pairs (even column, the odd one after it) of every 64x64 block, no flashllm code."""
+    m, k = w.shape
+    nz = torch.zeros(m, k + k % 2, dtype=torch.bool)
+    nz[:, :k] = w != 0
+    pairs = nz.view(m, -1, 2).any(-1)
+    return [int(pairs[i:i + 64, j // 2:(j + 64) // 2].sum()) for i in range(0, m, 64) for j in range(0, k, 64)]
+
+
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "pairmap"])
 def test_max_block_bytes_is_the_largest_block(fmt):
-    w = make_weight(130, 200, 0.8, "dense_tiles", seed=22)
+    w = make_weight(130, 201, 0.8, "dense_tiles", seed=22)
     counts = block_nnz(w)
     sw = compress(w, fmt)
-    per_block = [528 + -(-c // 8) * 16 for c in counts] if fmt == "bitmap" else [-(-c // 4) * 16 for c in counts]
+    if fmt == "bitmap":
+        per_block = [528 + -(-c // 8) * 16 for c in counts]
+    elif fmt == "tiled_csl":
+        per_block = [-(-c // 4) * 16 for c in counts]
+    else:
+        per_block = [272 + -(-c // 4) * 16 for c in block_pairs(w)]
+        assert sw.nbytes == sum(per_block) + 8 * (len(per_block) + 1)
     assert sw.max_block_bytes == max(per_block)
+    ptr = next(t for name, t in sw.tensors.items() if name.endswith("_ptr"))
+    unit = 4 if fmt == "tiled_csl" else 1  # tiled_csl's offsets count int32 words
+    assert sw.max_block_bytes == int((ptr[1:] - ptr[:-1]).max()) * unit
 
 
 def test_tensor_dtypes_and_alignment():
@@ -76,3 +96,7 @@ def test_tensor_dtypes_and_alignment():
     tc = compress(w, "tiled_csl").tensors
     assert tc["words"].dtype == torch.int32 and tc["tile_ptr"].dtype == torch.int64
     assert bool((tc["tile_ptr"] % 4 == 0).all())  # every tile starts on a 16-byte vector
+    pm = compress(w, "pairmap").tensors
+    assert pm["data"].dtype == torch.uint8 and pm["data"].dim() == 1 and pm["block_ptr"].dtype == torch.int64
+    assert pm["block_ptr"].shape == (3 * 2 + 1,) and int(pm["block_ptr"][-1]) == pm["data"].numel()
+    assert bool((pm["block_ptr"] % 16 == 0).all())  # blocks, and so their masks (+16) and words (+272), aligned

@@ -33,7 +33,7 @@ def test_unsupported_dtypes(dtype):
         compress(torch.zeros(8, 8, dtype=dtype))
 
 
-@pytest.mark.parametrize("fmt", ["auto", "bitmap", "tiled_csl", "sell"])
+@pytest.mark.parametrize("fmt", ["auto", "bitmap", "tiled_csl", "sell", "pairmap"])
 def test_fp32_needs_dtype(fmt):
     with pytest.raises(ValueError, match=r"pass dtype=torch.float16 or dtype=torch.bfloat16"):
         compress(torch.ones(8, 8), fmt)
@@ -47,7 +47,7 @@ def test_bad_storage_dtype(dtype):
 
 @pytest.mark.parametrize("fmt", ["csr", "Bitmap", "", "tiled-csl", None])
 def test_unknown_format(fmt):
-    expected = re.escape(f"unknown format {fmt!r}; expected one of ('tiled_csl', 'bitmap', 'sell') or 'auto'")
+    expected = re.escape(f"unknown format {fmt!r}; expected one of ('tiled_csl', 'bitmap', 'sell', 'pairmap') or 'auto'")
     with pytest.raises(ValueError, match=expected):
         compress(GOOD, fmt)
     with pytest.raises(ValueError, match=r"unknown format"):

@@ -98,13 +98,15 @@ def test_compress_does_not_modify_input(fmt):
 
 
 @given(case=weights(max_dim=200))
-def test_auto_picks_sell_when_sparse_else_the_smaller(case):
+def test_auto_picks_by_sparsity_else_the_smaller(case):
     _, w = case
     sizes = {fmt: compress(w, fmt).nbytes for fmt in FORMATS}
     auto = compress(w)  # format="auto" is the default
     assert flashllm.formats.predicted_nbytes(w) == sizes
     if (w != 0).sum() <= (1 - flashllm.formats.SELL_MIN_SPARSITY) * w.numel():
         assert auto.format == "sell"
+    elif (w != 0).sum() <= (1 - flashllm.formats.PAIRMAP_MIN_SPARSITY) * w.numel():
+        assert auto.format == "pairmap"
     else:
         assert auto.format in ("bitmap", "tiled_csl")
         assert auto.nbytes == min(sizes["bitmap"], sizes["tiled_csl"])
@@ -113,9 +115,10 @@ def test_auto_picks_sell_when_sparse_else_the_smaller(case):
 
 
 def test_auto_choice_follows_sparsity():
-    # bitmap costs 2 bytes/non-zero + 1/8 per element; Tiled-CSL 4 bytes/non-zero; sell from 85% on
+    # bitmap costs 2 bytes/non-zero + 1/8 per element; Tiled-CSL 4 bytes/non-zero; pairmap from 65%, sell from 85%
     assert compress(make_weight(128, 128, 0.5, seed=6), "auto").format == "bitmap"
-    assert compress(make_weight(128, 128, 0.8, seed=6), "auto").format == "bitmap"
+    assert compress(make_weight(128, 128, 0.6, seed=6), "auto").format == "bitmap"
+    assert compress(make_weight(128, 128, 0.8, seed=6), "auto").format == "pairmap"
     assert compress(make_weight(128, 128, 0.9, seed=6), "auto").format == "sell"
 
 

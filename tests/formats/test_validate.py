@@ -6,7 +6,11 @@ look at intact, and expects a ValueError whose message names what broke.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
+import traceback
 
 import pytest
 import torch
@@ -14,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flashllm.formats import SparseWeight, compress
-from flashllm.formats.base import FORMAT_VERSION
+from flashllm.formats import pairmap
+from flashllm.formats.base import FORMAT_VERSION, check_ptr
 from sparse_weights import make_weight, weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -179,7 +184,122 @@ def sell_cases():
     ]
 
 
-CASES = bitmap_cases() + tiled_csl_cases() + sell_cases() + base_cases()
+def pairmap_word_index(sw: SparseWeight, block: int, row: int, col: int) -> int:
+    """int32 index in `data` of the stored word of the (live) pair holding block position (row, col)."""
+    g, q = row % 8, (row % 16) // 8 + 2 * ((col % 16) // 8)
+    s, f, lane = row // 16, col // 16, 4 * g + (col % 8) // 2
+    start = int(sw.tensors["block_ptr"][block])
+    masks = sw.tensors["data"][start + 16:start + 272].view(torch.int32).tolist()
+    word = (s * 4 + f) * 4 + q
+    assert masks[word] >> lane & 1, "the pair is live"
+    below = masks[:word] + [masks[word] & ((1 << lane) - 1)]
+    rank = sum(bin(m & 0xFFFFFFFF).count("1") for m in below)  # the popcount rule
+    return (start + 272) // 4 + rank
+
+
+def pairmap_cases():
+    sw = compress(W, "pairmap")
+    data, ptr = sw.tensors["data"], sw.tensors["block_ptr"]
+    assert ptr.tolist() == [0, 4608, 8928, 10608, 13184, 15664, 16784]  # 1082, 1012, 352, 574, 551, 210 pairs
+    b1, b2, b3 = int(ptr[1]), int(ptr[2]), int(ptr[3])
+
+    set_ptr = lambda i, v: with_element(sw, "block_ptr", i, v)  # noqa: E731
+
+    def with_data(edit):
+        d = data.clone()
+        edit(d)
+        return with_tensors(sw, data=d)
+
+    def bump_end(d):  # block 1, strip 2's end
+        d.view(torch.int16)[b1 // 2 + 2] += 1
+
+    def ends_padding(d):  # block 2, header entry 5 (after the 4 strip ends: must be zero)
+        d.view(torch.int16)[b2 // 2 + 5] = 1
+
+    masks3 = data[b3 + 16:b3 + 272].view(torch.int32)
+    word3 = int((masks3 != -1).nonzero()[0])
+    bit3 = next(i for i in range(32) if not int(masks3[word3]) >> i & 1)
+
+    def mask_bit(d):  # block 3: one more live pair, header untouched
+        d.view(torch.int32)[b3 // 4 + 4 + word3] |= 1 << bit3
+
+    masks1 = data[b1 + 16:b1 + 272].view(torch.int32)
+    word1 = int((masks1 != -1).nonzero()[-1])  # in strip 3
+    bit1 = next(i for i in range(32) if not int(masks1[word1]) >> i & 1)
+
+    def bit_without_word(d):  # block 1 (1012 pairs: 253 full rows): bit and strip end agree, no word added
+        d.view(torch.int32)[b1 // 4 + 4 + word1] |= 1 << bit1
+        d.view(torch.int16)[b1 // 2 + 3] += 1
+
+    assert int(data.view(torch.int32)[272 // 4]) != 0
+
+    def zero_word(d):  # block 0's first word (a live pair's) stores 0: a live pair with nothing in it
+        d.view(torch.int32)[272 // 4] = 0
+
+    one_more_row = ptr.clone()
+    one_more_row[2:] += 16
+    one_less_row = ptr.clone()
+    one_less_row[1:] -= 16
+
+    # K = 63: every block's pairs (62, 63) straddle the K edge; row 0's is live, its high half padding
+    odd = make_weight(70, 63, 0.5, seed=33)
+    odd[0, 62] = 1
+    sw_odd = compress(odd, "pairmap")
+    straddle = sw_odd.tensors["data"].clone()
+    at = pairmap_word_index(sw_odd, 0, 0, 62)
+    assert int(straddle.view(torch.int32)[at]) >> 16 == 0, "the padding half is stored as +0"
+    straddle.view(torch.int32)[at] |= 0x3C00 << 16
+
+    # Columns 126, 127 non-zero, relabelled K = 126: pairs (126, 127) live and wholly in block padding
+    w = make_weight(128, 128, 0.5, seed=32)
+    w[:, 126:] = 1
+    pair_in_padding = dataclasses.replace(compress(w, "pairmap"), shape=(128, 126))
+    return [
+        ("pm data dtype", with_tensors(sw, data=data.view(torch.int8)), r"pairmap data must be a 1-D uint8"),
+        ("pm data 2-D", with_tensors(sw, data=data.view(-1, 16)), r"pairmap data must be a 1-D uint8"),
+        ("pm ptr dtype", with_tensors(sw, block_ptr=ptr.to(torch.int32)),
+         r"pairmap block_ptr must be int64 of length 7"),
+        ("pm ptr length", with_tensors(sw, block_ptr=ptr[:-1]), r"pairmap block_ptr must be int64 of length 7"),
+        ("pm block count", copy(sw, shape=(100, 250)), r"pairmap block_ptr must be int64 of length 9"),
+        ("pm ptr[0]", with_tensors(sw, data=insert_bytes(data, 0, 16), block_ptr=ptr + 16),
+         r"pairmap block_ptr\[0\] must be 0, got 16"),
+        ("pm ptr[-1]", with_tensors(sw, data=insert_bytes(data, data.numel(), 16)),
+         r"pairmap block_ptr\[-1\] = 16784 does not match the buffer size 16800"),
+        ("pm ptr[-1] short", with_tensors(sw, data=data[:-16]),
+         r"pairmap block_ptr\[-1\] = 16784 does not match the buffer size 16768"),
+        ("pm monotone", set_ptr(1, b2 + 16), r"pairmap block_ptr is not monotone"),
+        ("pm aligned", set_ptr(1, b1 + 8), r"pairmap block_ptr entries must be multiples of 16"),
+        ("pm aligned 4", set_ptr(2, b2 + 4), r"pairmap block_ptr entries must be multiples of 16"),
+        ("pm header", set_ptr(1, 256), r"pairmap block smaller than its 272-byte header and masks"),
+        ("pm last header", set_ptr(5, int(ptr[6]) - 256),
+         r"pairmap block smaller than its 272-byte header and masks"),
+        ("pm ends", with_data(bump_end), r"pairmap strip ends in a block header disagree with the mask popcounts"),
+        ("pm ends padding", with_data(ends_padding), r"pairmap strip ends .* disagree with the mask popcounts"),
+        ("pm mask bit", with_data(mask_bit), r"pairmap strip ends .* disagree with the mask popcounts"),
+        ("pm bit without word", with_data(bit_without_word),
+         r"pairmap block size disagrees with its popcount \(words missing or extra\)"),
+        ("pm extra words", with_tensors(sw, data=insert_bytes(data, b2, 16), block_ptr=one_more_row),
+         r"pairmap block size disagrees with its popcount"),
+        ("pm missing words", with_tensors(sw, data=torch.cat([data[:b1 - 16], data[b1:]]), block_ptr=one_less_row),
+         r"pairmap block size disagrees with its popcount"),
+        ("pm padding row", padding_set("pairmap", "row"),
+         r"pairmap has mask bits set outside the \[M, K\] matrix \(in block padding\)"),
+        ("pm padding pair", pair_in_padding, r"pairmap has mask bits set outside the \[M, K\] matrix"),
+        ("pm straddling value", with_tensors(sw_odd, data=straddle),
+         r"pairmap stores a non-zero outside the \[M, K\] matrix \(in block padding\)"),
+        ("pm padding col", padding_set("pairmap", "col"), r"pairmap stores a non-zero outside the \[M, K\] matrix"),
+        ("pm nnz", copy(sw, nnz=sw.nnz - 1),
+         rf"pairmap nnz {sw.nnz - 1} disagrees with the stored non-zeros \({sw.nnz}\)"),
+        ("pm word zeroed", with_data(zero_word), r"pairmap marks a pair live whose word holds no non-zero"),
+        ("pm max_block_bytes", copy(sw, max_block_bytes=sw.max_block_bytes + 16),
+         r"pairmap max_block_bytes 4624 is not the largest block \(4608\)"),
+        ("pm max_block_bytes low", copy(sw, max_block_bytes=sw.max_block_bytes - 16),
+         r"pairmap max_block_bytes 4592 is not the largest block"),
+    ]
+
+
+PAIRMAP_CASES = pairmap_cases()
+CASES = bitmap_cases() + tiled_csl_cases() + sell_cases() + PAIRMAP_CASES + base_cases()
 
 
 @pytest.mark.parametrize("name,corrupt,message", CASES, ids=[c[0] for c in CASES])
@@ -189,8 +309,33 @@ def test_validate_catches(name, corrupt, message):
 
 
 def test_the_originals_are_valid():
-    for fmt in ("bitmap", "tiled_csl", "sell"):
+    for fmt in ("bitmap", "tiled_csl", "sell", "pairmap"):
         compress(W, fmt).validate()
+    compress(make_weight(70, 63, 0.5, seed=33), "pairmap").validate()
+
+
+def _raise_lines(fn) -> set[int]:
+    """Line numbers of every fail(...) / check_ptr(...) call in fn's source."""
+    lines, first = inspect.getsourcelines(fn)
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    return {first + node.lineno - 1 for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("fail", "check_ptr")}
+
+
+def test_pairmap_cases_reach_every_raise():
+    """Each fail() in pairmap.validate (and in the check_ptr it calls) is where some case raises."""
+    want = {(pairmap.validate.__code__, n) for n in _raise_lines(pairmap.validate)}
+    want |= {(check_ptr.__code__, n) for n in _raise_lines(check_ptr)}
+    reached = set()
+    for _, corrupt, _ in PAIRMAP_CASES:
+        with pytest.raises(ValueError) as info:
+            corrupt.validate()
+        for frame, line in traceback.walk_tb(info.value.__traceback__):
+            if frame.f_code in (pairmap.validate.__code__, check_ptr.__code__):
+                reached.add((frame.f_code, line))
+    missing = sorted(n for _, n in want - reached)
+    assert not missing, f"no pairmap case raises at line(s) {missing}"
+    assert len(want) == 10 + 5  # 9 fail() and check_ptr() in validate, 5 fail() in check_ptr
 
 
 # ---- from_state_dict: what a file can get wrong before the format checks run ----
@@ -256,7 +401,8 @@ def test_from_state_dict_validate_false_skips_the_format_checks():
 
 # ---- random corruption: a broken buffer raises ValueError or still decodes; never anything else ----
 
-@given(case=weights(max_dim=150), fmt=st.sampled_from(["bitmap", "tiled_csl"]), data=st.data())
+@given(case=weights(max_dim=150), fmt=st.sampled_from(["bitmap", "tiled_csl", "pairmap"]),
+       data=st.data())
 def test_random_bit_flips_never_escape_validate(case, fmt, data):
     _, w = case
     sw = compress(w, fmt)

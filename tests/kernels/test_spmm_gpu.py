@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gpu
 
 SPARSITIES = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 NS = [1, 3, 8, 16, 17, 32, 64, 128, 1024]
-FORMATS = ["bitmap", "tiled_csl", "sell"]
+FORMATS = ["bitmap", "tiled_csl", "sell", "pairmap"]
 DTYPES = [torch.float16, torch.bfloat16]
 
 
@@ -30,14 +30,16 @@ MMA = [pytest.param(False, id="mma.sync"),
        pytest.param(True, id="wgmma", marks=pytest.mark.skipif(not HOPPER, reason="wgmma needs sm_90a"))]
 
 
-def skip_mma_choice_for_sell(fmt, wg):
+def skip_without_mma_choice(fmt, wg):
     if fmt == "sell" and wg:
         pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
+    if fmt == "pairmap" and wg:
+        pytest.skip("pairmap has an mma.sync kernel only")
 
 
 def check(x, w_dense, sw, tol, wg=None):
     ref = x.float() @ w_dense.float().T
-    skip_mma_choice_for_sell(sw.format, wg)
+    skip_without_mma_choice(sw.format, wg)
     kw = {} if wg is None or sw.format == "sell" else {"wg": wg}
     y = spmm_kernel(x, sw, **kw)
     assert y.dtype == x.dtype and y.shape == ref.shape
@@ -109,7 +111,7 @@ def test_every_output_written(fmt, wg):
     sw = flashllm.compress(w, fmt)
     x = torch.randn(24, 512, device="cuda").half()
     from flashllm.kernels import dispatch, sell_launch
-    skip_mma_choice_for_sell(fmt, wg)
+    skip_without_mma_choice(fmt, wg)
     for split in (1, 3):
         y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
         if fmt == "sell":
@@ -126,7 +128,7 @@ def test_every_output_written(fmt, wg):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_added_before_rounding(fmt, dtype, wg):
     """bias in the epilogue (split 1) and in the split-K reduce; the large-N path adds it through cuBLAS."""
-    skip_mma_choice_for_sell(fmt, wg)
+    skip_without_mma_choice(fmt, wg)
     gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
     m, k = 333, 517
     w = pruned(m, k, 0.8, dtype, gen)
@@ -217,6 +219,36 @@ def test_large_n_path_captures_in_a_cuda_graph():
     x = torch.randn(600, 300, device="cuda").half()
     ref = flashllm.spmm(x, sw)
     assert torch.equal(replayed(lambda: flashllm.spmm(x, sw)), ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pairmap_every_config(dtype):
+    """Every tile config of the pair-bitmap kernel (blocks per CTA, ring depth, K split, token tiles),
+    on a matrix with a partial last row block and K block; each result poisoned first, checked complete,
+    accurate and reproducible."""
+    from flashllm.kernels import dispatch
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    m, k = 333, 1111
+    w = pruned(m, k, 0.75, dtype, gen)
+    w[5, :] = torch.randn(k, generator=gen, device="cuda").to(dtype)  # one fully dense row
+    sw = flashllm.compress(w, "pairmap")
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    for n in (1, 8, 13, 32, 64):
+        x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+        ref = x.float() @ w.float().T
+        for spw in dispatch.SPW_CHOICES:
+            for stages in dispatch.STAGE_CHOICES:
+                for split in (1, 3, 18):
+                    cfg = dispatch.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, spw=spw,
+                                                 stages=stages, split=split, wg=False)
+                    ys = []
+                    for _ in range(2):
+                        y = torch.full((n, m), float("nan"), device="cuda", dtype=dtype)
+                        dispatch._launch(dispatch.prepare_x(x), sw, cfg, y, None)  # K odd: rows padded to 8
+                        ys.append(y)
+                    assert not torch.isnan(ys[0]).any(), (n, cfg)
+                    assert rel_err(ys[0], ref) <= tol, (n, cfg, rel_err(ys[0], ref))
+                    assert torch.equal(ys[0].view(torch.int16), ys[1].view(torch.int16)), (n, cfg)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -10,6 +10,9 @@
 #include "common.cuh"
 #include "wgmma.cuh"
 
+// The block formats (flashllm/formats): how a stage's compressed block becomes A fragments.
+enum { FMT_BITMAP = 0, FMT_CSL = 1, FMT_PAIRMAP = 2 };
+
 // ---------------------------------------------------------------------------------------------
 // Stage loading (both formats: a block is a contiguous run of 16-byte units)
 
@@ -189,14 +192,73 @@ __device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, u32 counts
   a[3] = decode_reg(w3, c3, L, base);
 }
 
-template <int SPW, int NT, bool BF16, bool FULL>
+// ---------------------------------------------------------------------------------------------
+// Pair bitmap (formats/pairmap.py): lane l owns bit l of each of its strip's 16 mask words (fragment
+// f, register q); a set bit means the lane's whole register is the next 32-bit word of the strip's
+// stream.  So a register is one popcount and one predicated 32-bit load - no second value, no pack
+// (the bitmap decode's costliest part) - and the lanes read consecutive words: no bank conflicts.
+#define PAIR_WORDS_AT 272
+
+// Where each of the warp's 16 registers' words start (bytes, shared space) in a block: the strip's
+// stream start plus an exclusive scan of its 16 mask popcounts, into the warp's scratch (entry f*4 + q).
+// Half-warp h scans block h (blk0 / blk1, scratch0 / scratch1): one pass serves two blocks (pass the
+// same block twice for one).  The caller __syncwarp()s.
+__device__ __forceinline__ void pair_bases(u32 blk0, u32 blk1, u32 scratch0, u32 scratch1) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, i = lane & 15;
+  const u32 blk = lane < 16 ? blk0 : blk1, scratch = lane < 16 ? scratch0 : scratch1;
+  u32 start = 0, w;
+  if (warp > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (warp - 1)));
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((warp * 16 + i) << 2)));
+  const u32 count = __popc(w);
+  u32 incl = count;
+#pragma unroll
+  for (int d = 1; d < 16; d <<= 1) {
+    u32 o = __shfl_up_sync(0xffffffffu, incl, d, 16);
+    if (i >= d) incl += o;
+  }
+  asm volatile("st.shared.u32 [%0], %1;\n"
+               :: "r"(scratch + (i << 2)), "r"(blk + PAIR_WORDS_AT + 4 * ((start & 0xFFFF) + incl - count)));
+}
+
+// One 32-bit shared load into a zeroed register, only if (word & bit).
+__device__ __forceinline__ u32 load_word_if(u32 word, u32 bit, u32 addr) {
+  u32 v;
+  asm volatile("{\n.reg .pred p;\n.reg .b32 t;\n"
+               "and.b32 t, %1, %2;\nsetp.ne.u32 p, t, 0;\nmov.b32 %0, 0;\n"
+               "@p ld.shared.u32 %0, [%3];\n}\n" : "=r"(v) : "r"(word), "r"(bit), "r"(addr));
+  return v;
+}
+
+__device__ __forceinline__ void decode_pair_fragment(u32 (&a)[4], u32 blk, u32 bases, int f) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const u32 bit = 1u << lane, below = bit - 1u;
+  u32 w[4], b[4];
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(blk + 16 + ((warp * 4 + f) << 4)));
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(bases + (f << 4)));
+#pragma unroll
+  for (int q = 0; q < 4; q++) a[q] = load_word_if(w[q], bit, b[q] + 4 * __popc(w[q] & below));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+template <int SPW, int NT, bool BF16, bool FULL, bool PAIRS>
 __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, const Params& p, int mt,
                                                float (&acc)[SPW][NT][4], const BitmapLane& L) {
   u32 base[SPW];
 #pragma unroll
   for (int j = 0; j < SPW; j++) {
-    base[j] = stream_base(stage + j * p.stage_w_bytes);
-    strip_popcounts(stage + j * p.stage_w_bytes, warp_scratch(scratch, j));
+    if (PAIRS) {
+      if (j % 2 == 0) {
+        const int j1 = j + 1 < SPW ? j + 1 : j;
+        pair_bases(stage + j * p.stage_w_bytes, stage + j1 * p.stage_w_bytes, warp_scratch(scratch, j),
+                   warp_scratch(scratch, j1));
+      }
+    } else {
+      base[j] = stream_base(stage + j * p.stage_w_bytes);
+      strip_popcounts(stage + j * p.stage_w_bytes, warp_scratch(scratch, j));
+    }
   }
   __syncwarp();
 #pragma unroll
@@ -207,7 +269,8 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, c
     for (int j = 0; j < SPW; j++) {
       if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
       u32 a[4];
-      decode_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f, L, base[j]);
+      if (PAIRS) decode_pair_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f);
+      else decode_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f, L, base[j]);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
     }
@@ -375,9 +438,11 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   store_tile<NT, BF16>(p, acc[0], mt * BLOCK + (threadIdx.x >> 5) * 16, n0);
 }
 
-template <int SPW, int NT, int STAGES, bool BF16, bool CSL, bool WG>
+template <int SPW, int NT, int STAGES, bool BF16, int FMT, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
-  if constexpr (WG && !CSL) {
+  constexpr bool CSL = FMT == FMT_CSL, PAIRS = FMT == FMT_PAIRMAP;
+  static_assert(!(WG && PAIRS), "the pair bitmap has no wgmma kernel");
+  if constexpr (WG && FMT == FMT_BITMAP) {
     static_assert(SPW == 1 && STAGES >= 3, "the bitmap wgmma kernel takes one block per CTA and >= 3 stages");
     bitmap_wg_body<NT, STAGES, BF16>(p);
     return;
@@ -450,8 +515,8 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
       }
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
     } else {
-      if (full) compute_bitmap<SPW, NT, BF16, true>(wst, xs, dense, p, mt, acc, L);
-      else compute_bitmap<SPW, NT, BF16, false>(wst, xs, dense, p, mt, acc, L);
+      if (full) compute_bitmap<SPW, NT, BF16, true, PAIRS>(wst, xs, dense, p, mt, acc, L);
+      else compute_bitmap<SPW, NT, BF16, false, PAIRS>(wst, xs, dense, p, mt, acc, L);
     }
   }
   cp_async_wait<0>();
@@ -461,13 +526,14 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   for (int j = 0; j < SPW; j++) store_tile<NT, BF16>(p, acc[j], (mt * SPW + j) * BLOCK + warp * 16, n0);
 }
 
-#define FLASHLLM_KERNEL(NAME, CSL)                                                               \
+#define FLASHLLM_KERNEL(NAME, FMT)                                                               \
   template <int SPW, int NT, int STAGES, bool BF16, bool WG>                                     \
   __global__ void __launch_bounds__(THREADS) NAME(const Params p) {                              \
-    spmm_body<SPW, NT, STAGES, BF16, CSL, WG>(p);                                                \
+    spmm_body<SPW, NT, STAGES, BF16, FMT, WG>(p);                                                \
   }
-FLASHLLM_KERNEL(spmm_bitmap, false)
-FLASHLLM_KERNEL(spmm_tiled_csl, true)
+FLASHLLM_KERNEL(spmm_bitmap, FMT_BITMAP)
+FLASHLLM_KERNEL(spmm_tiled_csl, FMT_CSL)
+FLASHLLM_KERNEL(spmm_pairmap, FMT_PAIRMAP)
 
 template <bool BF16>
 __global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count, const u16* bias, int m) {
@@ -479,12 +545,13 @@ __global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count
 // 64x64 block: stage the block in shared memory, build the dense tile there with the same decode
 // as the SpMM kernels, write it out row by row.  rows/cols bound the chunk (M and K edges).
 
-template <bool CSL>
+template <int FMT>
 __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ weight, const i64* __restrict__ block_ptr,
                                                       u16* __restrict__ out, int mb0, int rows, int K, int KB) {
   __shared__ __align__(16) u8 stage[BLOCK * BLOCK * 4 + 16];
   __shared__ __align__(16) u16 tile[BLOCK * BLOCK];
   __shared__ __align__(16) u8 counts[SCRATCH_BYTES(1)];
+  constexpr bool CSL = FMT == FMT_CSL;
   const int mb = blockIdx.y, kb = blockIdx.x;  // mb counts from the chunk's first row block mb0
   const i64 b = (i64)(mb0 + mb) * KB + kb;
   const i64 unit = CSL ? 4 : 1;
@@ -509,12 +576,14 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     const BitmapLane L = bitmap_lane();
     u32 base = stream_base(st);
     const u32 scratch = warp_scratch(smem_addr(counts), 0);
-    strip_popcounts(st, scratch);
+    if (FMT == FMT_PAIRMAP) pair_bases(st, st, scratch, scratch);
+    else strip_popcounts(st, scratch);
     __syncwarp();
 #pragma unroll
     for (int f = 0; f < 4; f++) {
       u32 a[4];
-      decode_fragment(a, st, scratch, f, L, base);
+      if (FMT == FMT_PAIRMAP) decode_pair_fragment(a, st, scratch, f);
+      else decode_fragment(a, st, scratch, f, L, base);
 #pragma unroll
       for (int q = 0; q < 4; q++) {  // register q of the m16k16 fragment: rows g (+8 if q odd), cols 2t (+8 if q > 1)
         int row = warp * 16 + g + 8 * (q & 1), col = f * 16 + 2 * t + 8 * (q >> 1);
