@@ -441,6 +441,8 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 template <int SPW, int NT, int STAGES, bool BF16, int FMT, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
   constexpr bool CSL = FMT == FMT_CSL, PAIRS = FMT == FMT_PAIRMAP;
+  // The pair bitmap through this wgmma kernel measured 0.53-0.87x its mma.sync kernel (H200, N = 32/64;
+  // ptxas C7515 serializes its wgmmas), so it has none.
   static_assert(!(WG && PAIRS), "the pair bitmap has no wgmma kernel");
   if constexpr (WG && FMT == FMT_BITMAP) {
     static_assert(SPW == 1 && STAGES >= 3, "the bitmap wgmma kernel takes one block per CTA and >= 3 stages");
@@ -526,9 +528,13 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   for (int j = 0; j < SPW; j++) store_tile<NT, BF16>(p, acc[j], (mt * SPW + j) * BLOCK + warp * 16, n0);
 }
 
+// The pair bitmap's mma.sync kernel at 32 tokens keeps 8 CTAs per SM (64 registers; unbounded, ptxas takes 73:
+// 7 CTAs, 8 % slower on an H200).  Elsewhere 0, no bound: ptxas' own choice.  An explicit bound raises
+// the register count where ptxas would have taken fewer (1: 48 -> 80 at N = 8) or spills (8 at N = 64).
+#define MIN_CTAS(FMT, NT, WG) ((FMT) == FMT_PAIRMAP && (NT) == 4 && !(WG) ? 8 : 0)
 #define FLASHLLM_KERNEL(NAME, FMT)                                                               \
   template <int SPW, int NT, int STAGES, bool BF16, bool WG>                                     \
-  __global__ void __launch_bounds__(THREADS) NAME(const Params p) {                              \
+  __global__ void __launch_bounds__(THREADS, MIN_CTAS(FMT, NT, WG)) NAME(const Params p) {       \
     spmm_body<SPW, NT, STAGES, BF16, FMT, WG>(p);                                                \
   }
 FLASHLLM_KERNEL(spmm_bitmap, FMT_BITMAP)
