@@ -10,7 +10,7 @@ from flashllm.kernels.norm import row_norm
 torch.manual_seed(0)
 hopper = torch.cuda.get_device_capability() == (9, 0)
 cases = 0
-for fmt in ("bitmap", "tiled_csl"):
+for fmt in ("bitmap", "tiled_csl", "pairmap"):
     for dtype in (torch.float16, torch.bfloat16):
         for (m, k, s) in [(1, 1, 0.0), (333, 517, 0.5), (130, 4100, 0.9), (64, 64, 0.0), (257, 300, 1.0), (2048, 1024, 0.7)]:
             w = torch.randn(m, k, device="cuda").to(dtype)
@@ -23,12 +23,17 @@ for fmt in ("bitmap", "tiled_csl"):
                     y = dispatch.spmm_kernel(x, sw, split=split)
                     y = dispatch.spmm_kernel(x, sw, bias, split=split)  # the epilogue / reduce reads the bias
                     cases += 2
-                if hopper:  # both MMA paths, whichever dispatch prefers
+                if hopper and fmt != "pairmap":  # both MMA paths, whichever dispatch prefers
                     for wg in (False, True):
                         y = dispatch.spmm_kernel(x, sw, wg=wg)
                         cases += 1
             assert torch.equal(decompress_cuda(sw), w)  # as numbers: w * mask leaves -0.0 where compress stores +0
             cases += 1
+            if fmt == "pairmap":  # every tile config of its kernel (spw 1 is never the heuristic's)
+                x = torch.randn(40, k, device="cuda").to(dtype)
+                for kw in ({"spw": 1}, {"spw": 1, "stages": 4, "split": 2}, {"stages": 3, "split": 5}):
+                    dispatch.spmm_kernel(x, sw, **kw)
+                    cases += 1
 for dtype in (torch.float16, torch.bfloat16):  # sliced ELL: every launch shape, bias, decompress
     for (m, k, s) in [(1, 1, 0.0), (333, 517, 0.5), (130, 4100, 0.9), (257, 300, 1.0), (1000, 5000, 0.95)]:
         w = torch.randn(m, k, device="cuda").to(dtype)

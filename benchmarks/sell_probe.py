@@ -56,6 +56,8 @@ def main():
                                  for q in (1, 2, 4)]
                     elif sweep and f == "pairmap":
                         cfgs += [{"spw": 2, "stages": b, "split": c} for b in (2, 3) for c in (2, 4, 6, 8, 12, 16)]
+                        if n == 64:  # N = 64 as two CTAs of 32 tokens (nt=4) or one of 64: measured, nt=8 wins
+                            cfgs += [{"spw": a, "nt": t, "split": c} for a in (1, 2) for t in (4, 8) for c in (2, 4, 8)]
                     for cfg in cfgs:
                         t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                         key = f + ("" if not cfg else "_" + "_".join(f"{a}{b}" for a, b in cfg.items()))

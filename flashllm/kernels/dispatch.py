@@ -58,7 +58,7 @@ def _device_props(index: int) -> tuple[int, tuple[int, int]]:
 @functools.lru_cache(maxsize=4096)
 def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int,
                   spw: int | None = None, stages: int | None = None, split: int | None = None,
-                  wg: bool | None = None, hopper: bool = False) -> Config:
+                  wg: bool | None = None, hopper: bool = False, nt: int | None = None) -> Config:
     """Tile config from the problem size alone (rules read off sweeps on an H200: see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
@@ -71,9 +71,14 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
       SM's schedulers busy, which matters more than the fp32 partials they write.
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
+    The pair bitmap takes spw 2 always and its own split (pairmap_split).  Overrides (sweeps, tests)
+    may fix any of spw, stages, split, wg and nt (n8 tiles per CTA).
     """
     mb, kb = block_grid((m, k))
-    nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
+    if nt is None:
+        nt = next(t for t in NT_CHOICES if 8 * t >= min(n, 64))
+    elif nt not in NT_CHOICES:
+        raise ValueError(f"nt must be one of {NT_CHOICES}, got {nt}")
     n_tiles = -(-n // (8 * nt))
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     if wg is None:
