@@ -1,4 +1,4 @@
-"""Compressed weight formats: Tiled-CSL (Flash-LLM), bitmap and sliced ELL. Pure PyTorch, CPU or GPU."""
+"""Compressed weight formats: Tiled-CSL (Flash-LLM), bitmap, pair bitmap and sliced ELL. Pure PyTorch, CPU or GPU."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
         sizes["bitmap"] = int(bitmap.block_bytes(counts).sum()) + ptr
         sizes["tiled_csl"] = 4 * int(tiled_csl.block_words(counts).sum()) + ptr
     if "pairmap" in formats:
-        sizes["pairmap"] = int(pairmap.block_bytes(pairmap.pair_counts(nz)).sum()) + 8 * (pairmap.pair_counts(nz).numel() + 1)
+        pairs = pairmap.pair_counts(nz)
+        sizes["pairmap"] = int(pairmap.block_bytes(pairs).sum()) + 8 * (pairs.numel() + 1)
     if "sell" in formats:
         sizes["sell"] = sell.predicted_nbytes(nz)
     return {f: sizes[f] for f in formats}

@@ -47,8 +47,8 @@ def check_weight(weight) -> None:
 class SparseWeight:
     """A weight W [M, K] (the `nn.Linear.weight` layout) in a compressed format.
 
-    `tensors` holds every buffer the format needs (see `flashllm.formats.bitmap` and
-    `flashllm.formats.tiled_csl`); `nnz` counts stored non-zeros; `max_block_bytes` is the
+    `tensors` holds every buffer the format needs (see `flashllm.formats.bitmap`, `.pairmap`,
+    `.tiled_csl` and `.sell`); `nnz` counts stored non-zeros; `max_block_bytes` is the
     largest compressed block, which sizes the kernel's shared-memory stages.
     """
 
