@@ -35,6 +35,31 @@ __global__ void mma_rate(float* out, int iters) {
   if (s == 12345.f) out[threadIdx.x] = s;
 }
 
+// The sparse tensor core: mma.sp m16n8k32 (A 2:4, 4 registers of values + a metadata register standing
+// for a 16x32 tile), CHAINS independent accumulators - does k = 32 cost what a dense k = 16 does?
+template <int NT, int CHAINS>
+__global__ void mma_sp_rate(float* out, int iters) {
+  u32 a[4], b[NT][4];
+  for (int i = 0; i < 4; i++) a[i] = 0x3c003c00u ^ ((threadIdx.x * 2654435761u + i * 40503u) & 0x03ff03ffu);
+  for (int n = 0; n < NT; n++)
+    for (int i = 0; i < 4; i++) b[n][i] = 0x3c003c00u ^ ((threadIdx.x * 97u + n + i) & 0x03ff03ffu);
+  const u32 meta = 0x44444444u;  // every group: values at columns 0 and 1
+  float acc[CHAINS][4] = {};
+  for (int it = 0; it < iters; it++)
+#pragma unroll
+    for (int c = 0; c < CHAINS; c++) {
+      const u32(&bb)[4] = b[c % NT];
+      asm volatile("mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                   "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+                   : "+f"(acc[c][0]), "+f"(acc[c][1]), "+f"(acc[c][2]), "+f"(acc[c][3])
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(bb[0]), "r"(bb[1]), "r"(bb[2]), "r"(bb[3]),
+                     "r"(meta));
+    }
+  float s = 0.f;
+  for (int c = 0; c < CHAINS; c++) s += acc[c][0] + acc[c][3];
+  if (s == 12345.f) out[threadIdx.x] = s;
+}
+
 // Integer pipes: 8 independent chains of one instruction kind (OP 0 popc, 1 lop3, 2 shf, 3 prmt, 4 imad,
 // 5 popc+lop3 alternating) - how many warp-instructions per clock an SM retires of each.
 template <int OP>
@@ -122,10 +147,11 @@ def rate() -> None:
         print(f"  {what:10s} {per_sm / (sec * clock_ghz * 1e9):5.2f} warp-instructions per clock per SM", flush=True)
     for name, ctas_per_sm, per_iter_mmas, flops_per in (
             [(f"mma_rate<{nt},8>", 4, 8, 2 * 16 * 8 * 16) for nt in (1, 2, 4)] +
+            [(f"mma_sp_rate<{nt},8>", 4, 8, 2 * 16 * 8 * 32) for nt in (1, 2, 4)] +
             [(f"wgmma_rate<{nt},{rs}>", 2, 4, 2 * 64 * 8 * nt * 16) for nt in (1, 2, 4, 8) for rs in ("true", "false")]):
         ctas = sms * ctas_per_sm
         sec = seconds(name, ctas)
-        if name.startswith("mma"):
+        if name.startswith(("mma_rate", "mma_sp")):
             count = ctas * 4 * iters * per_iter_mmas  # warp-level instructions
             per_smsp = count / (sms * 4)
         else:
@@ -133,7 +159,7 @@ def rate() -> None:
             per_smsp = count / sms  # each wgmma occupies all 4 SMSPs' tensor cores
         tflops = count * flops_per / sec / 1e12
         print(f"  {name:22s} {tflops:7.1f} TFLOPS  {sec * clock_ghz * 1e9 / per_smsp:6.1f} cycles per instruction "
-              f"{'per SMSP' if name.startswith('mma') else '(whole SM)'}", flush=True)
+              f"{'(whole SM)' if name.startswith('wgmma') else 'per SMSP'}", flush=True)
 
 
 # Edits of the kernel source, applied in order; each (old, new) must match.  (The decode ablations that
