@@ -3,8 +3,9 @@
 // Grid: x = M tiles of SPW format blocks (64*SPW rows), y = N chunks of NT*8 tokens, z = split-K.
 // Each CTA streams its blocks' compressed bytes and its X tile through a STAGES-deep cp.async
 // ring; warp w decodes strip w (16 rows) of each block into mma.sync A fragments and multiplies.
-// The two formats differ only in how a stage becomes A fragments:
+// The block formats differ only in how a stage becomes A fragments:
 //   bitmap    - straight from the mask words and value streams into registers (no dense tile);
+//   pairmap   - the same with one mask bit per register: one popcount and one 32-bit load each;
 //   tiled_csl - the Flash-LLM way: scatter the words into a zeroed, swizzled dense tile in shared
 //               memory, then ldmatrix it.
 #include "common.cuh"
@@ -14,7 +15,7 @@
 enum { FMT_BITMAP = 0, FMT_CSL = 1, FMT_PAIRMAP = 2 };
 
 // ---------------------------------------------------------------------------------------------
-// Stage loading (both formats: a block is a contiguous run of 16-byte units)
+// Stage loading (every block format: a block is a contiguous run of 16-byte units)
 
 // Block offsets of the CTA's K range sit in shared memory (loaded once at the start), so issuing a
 // stage never waits on a global load.  One warp issues a stage's weight blocks (warps take turns,
