@@ -134,12 +134,14 @@ __device__ __forceinline__ u32 pack_halves(u32 lo, u32 hi) {
   return r;
 }
 
-// One 16-bit shared load into a zeroed register, only if (word & bit).
+// One shared load of TYPE (u16 or u32) into a zeroed register, only if (word & bit).
+#define LOAD_IF(TYPE)                                                     \
+  "{\n.reg .pred p;\n.reg .b32 t;\n"                                       \
+  "and.b32 t, %1, %2;\nsetp.ne.u32 p, t, 0;\nmov.b32 %0, 0;\n"              \
+  "@p ld.shared." TYPE " %0, [%3];\n}\n"
 __device__ __forceinline__ u32 load_half_if(u32 word, u32 bit, u32 addr) {
   u32 v;
-  asm volatile("{\n.reg .pred p;\n.reg .b32 t;\n"
-               "and.b32 t, %1, %2;\nsetp.ne.u32 p, t, 0;\nmov.b32 %0, 0;\n"
-               "@p ld.shared.u16 %0, [%3];\n}\n" : "=r"(v) : "r"(word), "r"(bit), "r"(addr));
+  asm volatile(LOAD_IF("u16") : "=r"(v) : "r"(word), "r"(bit), "r"(addr));
   return v;
 }
 
@@ -221,12 +223,9 @@ __device__ __forceinline__ void pair_bases(u32 blk0, u32 blk1, u32 scratch0, u32
                :: "r"(scratch + (i << 2)), "r"(blk + PAIR_WORDS_AT + 4 * ((start & 0xFFFF) + incl - count)));
 }
 
-// One 32-bit shared load into a zeroed register, only if (word & bit).
 __device__ __forceinline__ u32 load_word_if(u32 word, u32 bit, u32 addr) {
   u32 v;
-  asm volatile("{\n.reg .pred p;\n.reg .b32 t;\n"
-               "and.b32 t, %1, %2;\nsetp.ne.u32 p, t, 0;\nmov.b32 %0, 0;\n"
-               "@p ld.shared.u32 %0, [%3];\n}\n" : "=r"(v) : "r"(word), "r"(bit), "r"(addr));
+  asm volatile(LOAD_IF("u32") : "=r"(v) : "r"(word), "r"(bit), "r"(addr));
   return v;
 }
 
