@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration", metavar="FILE",
                          help="text file, one calibration sample per line (needed by wanda and sparsegpt)")
     convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap", "sell", "pairmap"), default="auto",
-                         help="compressed format (default auto: sell from 85%% sparsity, else the smaller of "
-                              "bitmap and tiled_csl, per layer)")
+                         help="compressed format (default auto: sell from 85%% sparsity, pairmap from 65%%, else "
+                              "the smaller of bitmap and tiled_csl, per layer)")
     convert.add_argument("--exclude", action="append", metavar="PATTERN",
                          help="layers to leave dense, fnmatch on module names; repeatable (default: lm_head)")
     convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")

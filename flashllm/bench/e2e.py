@@ -340,7 +340,7 @@ def parse_args(argv):
     ap.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
     ap.add_argument("--sparsities", default="0.5,0.7,0.8,0.9", help="sparse variants (default 0.5,0.7,0.8,0.9)")
     ap.add_argument("--format", default="auto", choices=("auto", *FORMATS),
-                    help="compressed format (auto: sell from 85%% sparsity, else the smaller of the other two)")
+                    help="compressed format (auto: sell from 85%% sparsity, pairmap from 65%%, else the smaller of bitmap and tiled_csl)")
     ap.add_argument("--variants", default="hf,dense,sparse", help="any of hf,dense,sparse (default all)")
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     ap.add_argument("--device", default=None, help="cuda (default when available), cuda:1, cpu (smoke runs)")
