@@ -71,7 +71,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
       SM's schedulers busy, which matters more than the fp32 partials they write.
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
-    The pair bitmap takes spw 2 always and its own split (pairmap_split).  Overrides (sweeps, tests)
+    The pair bitmap, and the bitmap up to 16 tokens, take spw 2 and a one-wave split (wave_split).  Overrides (sweeps, tests)
     may fix any of spw, stages, split, wg and nt (n8 tiles per CTA).
     """
     mb, kb = block_grid((m, k))
@@ -88,7 +88,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
         spw, stages = spw or 1, stages or 4
         if spw != 1 or stages < 3:
             raise ValueError(f"the bitmap wgmma kernel takes spw=1 and >= 3 stages, not spw={spw}, stages={stages}")
-    if spw is None and fmt == "pairmap":
+    wave = fmt == "pairmap" or (fmt == "bitmap" and nt <= 2)  # see wave_split
+    if spw is None and wave:
         spw = 2
     if spw is None:
         spw = 2 if fmt == "bitmap" or stage_w <= 4096 else 1
@@ -101,8 +102,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else spw * (THREADS // 32) * 128
     if stages is None:
         stages = 2
-    if split is None and fmt == "pairmap":
-        split = pairmap_split(-(-mb // spw) * n_tiles, kb, nt, sms)
+    if split is None and wave:
+        split = wave_split(-(-mb // spw) * n_tiles, kb, nt, sms)
     if split is None:
         split = max(1, min(4 if nt == 8 else 8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
@@ -114,13 +115,16 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)
 
 
-def pairmap_split(ctas: int, kb: int, nt: int, sms: int) -> int:
-    """K slices for the pair-bitmap kernel: as many as keep the grid within ~8 CTAs per SM (one wave of
-    resident CTAs; a second, partial wave measured up to 1.35x slower), at least 4 K-blocks each.
+def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
+    """K slices for the pair-bitmap kernel, and the bitmap's up to 16 tokens (both with two blocks per
+    CTA): as many as keep the grid within ~8 CTAs per SM (one wave of resident CTAs; a second, partial
+    wave measured up to 1.35x slower), at least 4 K-blocks each.
 
     Read off a sweep on an H200 (12 paper shapes x 70/90 % x N = 8/16/32, splits 2-16,
     benchmarks/results/pairmap_split_sweep_H200_2026-11-22.json): 3 % from the best split on average
-    (the old bitmap rule, 8 slices and one block per CTA on small matrices, lost 20-40 % there).
+    (the old rule, 8 slices and one block per CTA on small matrices, lost 20-40 % there).  The bitmap
+    gains 0-17 % with it at N <= 16 (6 shapes, 50/80 %) and loses 5-12 % at N = 32 (74-101 registers:
+    fewer than 8 CTAs fit an SM), so it keeps the old rule there; Tiled-CSL lost with it and keeps it too.
     """
     most = max(1, min(4 if nt == 8 else 16, kb // 4))
     fits = (8 * sms) // max(1, ctas)
