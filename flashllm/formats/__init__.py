@@ -23,14 +23,14 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
     """Exact size each format would take for this weight, from per-block (per-row) non-zero counts."""
     nz = weight != 0
     sizes = {}
-    if "bitmap" in formats or "tiled_csl" in formats:
-        counts = to_blocks(nz).sum(1)
-        ptr = 8 * (counts.numel() + 1)
+    if {"bitmap", "tiled_csl", "pairmap"} & set(formats):
+        nz_blocks = to_blocks(nz)
+        ptr = 8 * (nz_blocks.shape[0] + 1)  # the int64 block offsets
+        counts = nz_blocks.sum(1)
         sizes["bitmap"] = int(bitmap.block_bytes(counts).sum()) + ptr
         sizes["tiled_csl"] = 4 * int(tiled_csl.block_words(counts).sum()) + ptr
-    if "pairmap" in formats:
-        pairs = pairmap.pair_counts(nz)
-        sizes["pairmap"] = int(pairmap.block_bytes(pairs).sum()) + 8 * (pairs.numel() + 1)
+        if "pairmap" in formats:
+            sizes["pairmap"] = int(pairmap.block_bytes(pairmap.pair_counts(nz_blocks)).sum()) + ptr
     if "sell" in formats:
         sizes["sell"] = sell.predicted_nbytes(nz)
     return {f: sizes[f] for f in formats}

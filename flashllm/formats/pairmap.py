@@ -58,10 +58,9 @@ def block_bytes(pairs_per_block: torch.Tensor) -> torch.Tensor:
     return WORDS_AT + (pairs_per_block + 3) // 4 * 16
 
 
-def pair_counts(nz: torch.Tensor) -> torch.Tensor:
-    """[NB] non-empty pairs per block of a [M, K] non-zero mask (sizes the format exactly)."""
-    blocks = to_blocks(nz)
-    return blocks[:, pair_order(nz.device)].any(-1).sum(-1)
+def pair_counts(nz_blocks: torch.Tensor) -> torch.Tensor:
+    """[NB] non-empty pairs per block, from the non-zero mask in blocks (`to_blocks(weight != 0)`)."""
+    return nz_blocks[:, pair_order(nz_blocks.device)].any(-1).sum(-1)
 
 
 def _word_slots(block_ptr: torch.Tensor, pairs_b: torch.Tensor) -> torch.Tensor:
@@ -73,8 +72,9 @@ def encode(weight: torch.Tensor, value_dtype: torch.dtype) -> SparseWeight:
     shape = tuple(weight.shape)
     blocks = to_blocks(weight.to(value_dtype))
     dev = blocks.device
-    pairs = blocks.view(torch.int16)[:, pair_order(dev)]  # [NB, 2048, 2] raw bits
-    nz_el = blocks[:, pair_order(dev)] != 0  # NaN and Inf are values, not zeros
+    values = blocks[:, pair_order(dev)]  # [NB, 2048, 2]
+    pairs = values.view(torch.int16)  # raw bits
+    nz_el = values != 0  # NaN and Inf are values, not zeros
     nnz = int(nz_el.sum())
     live = nz_el.any(-1)  # [NB, 2048]
     nb = live.shape[0]
