@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from . import bitmap, pairmap, quad, sell, tiled_csl
+from . import bitmap, pairmap, sell, tiled_csl
 from .base import FORMATS, SparseWeight, check_weight, value_dtype_for
 from .concat import cat_rows
 from .layout import BLOCK, to_blocks
 
-_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell, "pairmap": pairmap, "quad": quad}
+_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell, "pairmap": pairmap}
 
 
 def codec_for(name: str):
@@ -23,7 +23,7 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
     """Exact size each format would take for this weight, from per-block (per-row) non-zero counts."""
     nz = weight != 0
     sizes = {}
-    if {"bitmap", "tiled_csl", "pairmap", "quad"} & set(formats):
+    if {"bitmap", "tiled_csl", "pairmap"} & set(formats):
         nz_blocks = to_blocks(nz)
         ptr = 8 * (nz_blocks.shape[0] + 1)  # the int64 block offsets
         counts = nz_blocks.sum(1)
@@ -31,8 +31,6 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
         sizes["tiled_csl"] = 4 * int(tiled_csl.block_words(counts).sum()) + ptr
         if "pairmap" in formats:
             sizes["pairmap"] = int(pairmap.block_bytes(pairmap.pair_counts(nz_blocks)).sum()) + ptr
-        if "quad" in formats:
-            sizes["quad"] = int(quad.block_bytes(*quad.group_counts(nz_blocks)).sum()) + ptr
     if "sell" in formats:
         sizes["sell"] = sell.predicted_nbytes(nz)
     return {f: sizes[f] for f in formats}

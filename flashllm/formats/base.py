@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 FORMAT_VERSION = 1
-FORMATS = ("tiled_csl", "bitmap", "sell", "pairmap", "quad")
+FORMATS = ("tiled_csl", "bitmap", "sell", "pairmap")
 # Codes written into checkpoints; never reorder.
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}
 _DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
-_FORMAT_CODES = {"tiled_csl": 1, "bitmap": 2, "sell": 3, "pairmap": 4, "quad": 5}
+_FORMAT_CODES = {"tiled_csl": 1, "bitmap": 2, "sell": 3, "pairmap": 4}
 _FORMAT_NAMES = {v: k for k, v in _FORMAT_CODES.items()}
 
 

@@ -88,7 +88,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
         spw, stages = spw or 1, stages or 4
         if spw != 1 or stages < 3:
             raise ValueError(f"the bitmap wgmma kernel takes spw=1 and >= 3 stages, not spw={spw}, stages={stages}")
-    wave = fmt in ("pairmap", "quad") or (fmt == "bitmap" and nt <= 2)  # see wave_split
+    wave = fmt == "pairmap" or (fmt == "bitmap" and nt <= 2)  # see wave_split
     if spw is None and wave:
         spw = 2
     if spw is None:
@@ -99,10 +99,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     if wg:  # every stage 1024-byte aligned (128-byte swizzle of wgmma operands), +1 KB to align the ring
         stage_bytes = -(-stage_bytes // 1024) * 1024
     # Tiled-CSL: the dense tiles; bitmap: per-warp popcounts of the mask words (128 bytes per warp and block)
-    # (quad: + a 2 KB residual tile per warp)
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else spw * (THREADS // 32) * 128
-    if fmt == "quad":
-        dense += (THREADS // 32) * 2048
     if stages is None:
         stages = 2
     if split is None and wave:
@@ -139,7 +136,7 @@ def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
 # no ldmatrix) is 5 % faster at N = 32 and level at N = 64; the pipelined bitmap wgmma kernel is 5 %
 # slower at N = 64 and 0-15 % slower below (its decode, not the MMA, sets the pace), so bitmap keeps
 # mma.sync.  Both stay compiled and GPU-tested (tests/kernels/test_spmm_gpu.py runs each path).
-WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": (4,), "pairmap": (), "quad": ()}
+WGMMA_RULE: dict[str, tuple[int, ...]] = {"bitmap": (), "tiled_csl": (4,), "pairmap": ()}
 
 
 def use_wgmma(fmt: str, nt: int) -> bool:
@@ -235,24 +232,24 @@ def program_for(name: str) -> str:
     return "sell.cu" if name.startswith(("spmm_sell", "sell_")) else "spmm.cu"
 
 
-_BLOCK_FORMATS = ("bitmap", "tiled_csl", "pairmap", "quad")  # the kernels' FMT_* codes (csrc/spmm.cu)
-
-
 def all_variants() -> list[str]:
     """Every kernel instantiation the dispatcher can pick (CI compiles each one through NVRTC; the
     wgmma ones (last template flag true) only for sm_90a)."""
     names = []
-    for fmt in _BLOCK_FORMATS:
+    for fmt in ("bitmap", "tiled_csl", "pairmap"):
         for bf16 in (False, True):
             for spw in SPW_CHOICES:
                 for nt in NT_CHOICES:
                     for stages in STAGE_CHOICES:
                         for wg in (False, True):
-                            if wg and fmt in ("pairmap", "quad"):
+                            if wg and fmt == "pairmap":
                                 continue  # mma.sync only
                             if not (wg and fmt == "bitmap" and (spw != 1 or stages < 3)):
                                 names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
-    return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", *(f"decompress<{i}>" for i in range(len(_BLOCK_FORMATS)))]
+    return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<0>", "decompress<1>", "decompress<2>"]
+
+
+_BLOCK_FORMATS = ("bitmap", "tiled_csl", "pairmap")  # the kernels' FMT_* codes (csrc/spmm.cu)
 
 
 def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> torch.Tensor:

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gpu
 
 SPARSITIES = [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 NS = [1, 3, 8, 16, 17, 32, 64, 128, 1024]
-FORMATS = ["bitmap", "tiled_csl", "sell", "pairmap", "quad"]
+FORMATS = ["bitmap", "tiled_csl", "sell", "pairmap"]
 DTYPES = [torch.float16, torch.bfloat16]
 
 
@@ -33,8 +33,8 @@ MMA = [pytest.param(False, id="mma.sync"),
 def skip_without_mma_choice(fmt, wg):
     if fmt == "sell" and wg:
         pytest.skip("sell has one kernel (CUDA cores), no MMA path to choose")
-    if fmt in ("pairmap", "quad") and wg:
-        pytest.skip(f"{fmt} has an mma.sync kernel only")
+    if fmt == "pairmap" and wg:
+        pytest.skip("pairmap has an mma.sync kernel only")
 
 
 def check(x, w_dense, sw, tol, wg=None):
@@ -221,19 +221,17 @@ def test_large_n_path_captures_in_a_cuda_graph():
     assert torch.equal(replayed(lambda: flashllm.spmm(x, sw)), ref)
 
 
-@pytest.mark.parametrize("fmt", ["pairmap", "quad"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mma_sync_only_every_config(fmt, dtype):
-    """Every tile config of the pair-bitmap and quad kernels (blocks per CTA, ring depth, K split, token
-    tiles), on a matrix with a partial last row block and K block and one dense row (quad: groups of 3-4
-    non-zeros, i.e. residual entries, everywhere in it); each result poisoned first, checked complete,
+def test_pairmap_every_config(dtype):
+    """Every tile config of the pair-bitmap kernel (blocks per CTA, ring depth, K split, token tiles),
+    on a matrix with a partial last row block and K block; each result poisoned first, checked complete,
     accurate and reproducible."""
     from flashllm.kernels import dispatch
     gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
     m, k = 333, 1111
     w = pruned(m, k, 0.75, dtype, gen)
     w[5, :] = torch.randn(k, generator=gen, device="cuda").to(dtype)  # one fully dense row
-    sw = flashllm.compress(w, fmt)
+    sw = flashllm.compress(w, "pairmap")
     tol = 2e-3 if dtype == torch.float16 else 1e-2
     for n in (1, 8, 13, 32, 64):
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
@@ -241,7 +239,7 @@ def test_mma_sync_only_every_config(fmt, dtype):
         for spw in dispatch.SPW_CHOICES:
             for stages in dispatch.STAGE_CHOICES:
                 for split in (1, 3, 18):
-                    cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, spw=spw,
+                    cfg = dispatch.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, spw=spw,
                                                  stages=stages, split=split, wg=False)
                     ys = []
                     for _ in range(2):

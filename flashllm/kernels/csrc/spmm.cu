@@ -6,15 +6,13 @@
 // The block formats differ only in how a stage becomes A fragments:
 //   bitmap    - straight from the mask words and value streams into registers (no dense tile);
 //   pairmap   - the same with one mask bit per register: one popcount and one 32-bit load each;
-//   quad      - the pair bitmap's decode feeding mma.sp (2:4, k32): a register stands for 4 weights,
-//               and the few non-zeros past a group's second one are added through a dense MMA;
 //   tiled_csl - the Flash-LLM way: scatter the words into a zeroed, swizzled dense tile in shared
 //               memory, then ldmatrix it.
 #include "common.cuh"
 #include "wgmma.cuh"
 
 // The block formats (flashllm/formats): how a stage's compressed block becomes A fragments.
-enum { FMT_BITMAP = 0, FMT_CSL = 1, FMT_PAIRMAP = 2, FMT_QUAD = 3 };
+enum { FMT_BITMAP = 0, FMT_CSL = 1, FMT_PAIRMAP = 2 };
 
 // ---------------------------------------------------------------------------------------------
 // Stage loading (every block format: a block is a contiguous run of 16-byte units)
@@ -243,157 +241,6 @@ __device__ __forceinline__ void decode_pair_fragment(u32 (&a)[4], u32 blk, u32 b
   for (int q = 0; q < 4; q++) a[q] = load_word_if(w[q], bit, b[q] + 4 * __popc(w[q] & below));
 }
 
-
-// ---------------------------------------------------------------------------------------------
-// Quad format (formats/quad.py): the pair bitmap's decode, one bit per *group of 4 weights*, feeding
-// mma.sp m16n8k32 (A 2:4: two values per register, their columns in a metadata register that the
-// encoder wrote in the lane order the instruction reads).  Lanes t < 2 of each quad hold fragment 0's
-// metadata (sparsity selector 0), lanes t >= 2 fragment 1's (selector 1): one register per strip.
-#define QUAD_META_AT 176
-#define QUAD_WORDS_AT 688
-#define QUAD_TILE_BYTES 2048  // per warp: a 16x64 residual tile for ldmatrix
-#define QUAD_TILES ((THREADS / 32) * QUAD_TILE_BYTES)
-
-template <bool BF16, int SEL>
-__device__ __forceinline__ void mma_sp16832(float (&c)[4], const u32 (&a)[4], const u32 (&b0)[2], const u32 (&b1)[2],
-                                            u32 meta) {
-  if (BF16)
-    asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, %13;\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0[0]), "r"(b0[1]), "r"(b1[0]), "r"(b1[1]),
-                   "r"(meta), "n"(SEL));
-  else
-    asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, %13;\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0[0]), "r"(b0[1]), "r"(b1[0]), "r"(b1[1]),
-                   "r"(meta), "n"(SEL));
-}
-
-// Where each of the warp's 8 registers' words start in a block (as pair_bases, over 8 mask words):
-// lanes 0-7 scan block blk0, lanes 16-23 block blk1 (the others compute a copy and store nothing).
-__device__ __forceinline__ void quad_bases(u32 blk0, u32 blk1, u32 scratch0, u32 scratch1) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, i = lane & 7;
-  const u32 blk = lane < 16 ? blk0 : blk1, scratch = lane < 16 ? scratch0 : scratch1;
-  u32 start = 0, w;
-  if (warp > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (warp - 1)));
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 48 + ((warp * 8 + i) << 2)));
-  const u32 count = __popc(w);
-  u32 incl = count;
-#pragma unroll
-  for (int d = 1; d < 8; d <<= 1) {
-    u32 o = __shfl_up_sync(0xffffffffu, incl, d, 8);
-    if (i >= d) incl += o;
-  }
-  if ((lane & 8) == 0)
-    asm volatile("st.shared.u32 [%0], %1;\n"
-                 :: "r"(scratch + (i << 2)), "r"(blk + QUAD_WORDS_AT + 4 * ((start & 0xFFFF) + incl - count)));
-}
-
-__device__ __forceinline__ void decode_quad_fragment(u32 (&a)[4], u32 blk, u32 bases, int F) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const u32 bit = 1u << lane, below = bit - 1u;
-  u32 w[4], b[4];
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(blk + 48 + ((warp * 2 + F) << 4)));
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(bases + (F << 4)));
-#pragma unroll
-  for (int q = 0; q < 4; q++) a[q] = load_word_if(w[q], bit, b[q] + 4 * __popc(w[q] & below));
-}
-
-__device__ __forceinline__ u32 quad_meta(u32 blk) {
-  u32 m;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(m) : "r"(blk + QUAD_META_AT + ((threadIdx.x & 127) << 2)));
-  return m;
-}
-
-// Byte offset of a residual entry's (row, column) in the warp's residual tile: four 16x16 fragments of
-// 512 bytes, each as the four 8x8 matrices of ldmatrix (column half, then row) of 128 contiguous bytes,
-// so its 8 row reads hit 8 different bank groups.  entry: row-in-strip << 6 | column-in-block.
-__device__ __forceinline__ u32 quad_tile_offset(u32 e) {
-  const u32 row = (e >> 6) & 15, col = e & 63;
-  return ((col >> 4) << 9) | ((((col >> 3) & 1) << 4 | row) << 4) | ((col & 7) << 1);
-}
-
-__device__ __forceinline__ void quad_scatter(u32 tile, u32 res, u32 lo, u32 hi, bool clear) {
-  for (u32 i = lo + (threadIdx.x & 31); i < hi; i += 32) {
-    u32 e;
-    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(e) : "r"(res + 4 * i));
-    asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(tile + quad_tile_offset(e)), "h"((u16)(clear ? 0 : e >> 16)));
-  }
-}
-
-// The residual of this warp's strips of the stage's blocks, after all their mma.sp: the strip's entries
-// scattered into the warp's zeroed 16x64 tile, one ldmatrix and a dense MMA per n8 tile for each k16
-// fragment that has entries, the entries zeroed again.  Its branches are warp-uniform (header counts)
-// and sit outside the decode: inside it they kept ptxas from hoisting the next fragment's loads.
-template <int SPW, int NT, bool BF16, bool FULL>
-__device__ __forceinline__ void quad_residuals(u32 stage, u32 xs, u32 tile, const Params& p, int mt,
-                                               float (&acc)[SPW][NT][4]) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int j = 0; j < SPW; j++) {
-    if (!FULL && mt * SPW + j >= p.MB) break;
-    const u32 blk = stage + j * p.stage_w_bytes;
-    u32 first = 0, e01, e23, words;  // residual ends: before the strip, then after each of its fragments
-    if (warp > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(first) : "r"(blk + 6 + 8 * warp));
-    asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];\n" : "=r"(e01), "=r"(e23) : "r"(blk + 8 + 8 * warp));
-    const u32 ends[4] = {e01 & 0xFFFF, e01 >> 16, e23 & 0xFFFF, e23 >> 16};
-    if (ends[3] == first) continue;
-    asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(words) : "r"(blk + 6));
-    const u32 res = blk + QUAD_WORDS_AT + 4 * words;
-    quad_scatter(tile, res, first, ends[3], false);
-    __syncwarp();
-#pragma unroll
-    for (int f = 0; f < 4; f++) {
-      if (ends[f] == (f ? ends[f - 1] : first)) continue;
-      u32 a[4], b[NT][2];
-      ldmatrix_x4(a, tile + (f << 9) + (((lane >> 4) << 4) + (lane & 7) + (((lane >> 3) & 1) << 3)) * 16);
-      load_b_frags<NT>(b, xs, f);
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
-    }
-    __syncwarp();
-    quad_scatter(tile, res, first, ends[3], true);
-    __syncwarp();
-  }
-}
-
-template <int SPW, int NT, bool BF16, bool FULL>
-__device__ __forceinline__ void compute_quad(u32 stage, u32 xs, u32 scratch, u32 tile, const Params& p, int mt,
-                                             float (&acc)[SPW][NT][4]) {
-  u32 meta[SPW];
-#pragma unroll
-  for (int j = 0; j < SPW; j += 2) {
-    const int j1 = j + 1 < SPW ? j + 1 : j;
-    quad_bases(stage + j * p.stage_w_bytes, stage + j1 * p.stage_w_bytes, warp_scratch(scratch, j),
-               warp_scratch(scratch, j1));
-  }
-#pragma unroll
-  for (int j = 0; j < SPW; j++) meta[j] = quad_meta(stage + j * p.stage_w_bytes);
-  __syncwarp();
-#pragma unroll
-  for (int F = 0; F < 2; F++) {
-    u32 b0[NT][2], b1[NT][2];
-    load_b_frags<NT>(b0, xs, 2 * F);
-    load_b_frags<NT>(b1, xs, 2 * F + 1);
-#pragma unroll
-    for (int j = 0; j < SPW; j++) {
-      if (!FULL && mt * SPW + j >= p.MB) break;
-      const u32 blk = stage + j * p.stage_w_bytes;
-      u32 a[4];
-      decode_quad_fragment(a, blk, warp_scratch(scratch, j), F);
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        if (F == 0) mma_sp16832<BF16, 0>(acc[j][nt], a, b0[nt], b1[nt], meta[j]);
-        else mma_sp16832<BF16, 1>(acc[j][nt], a, b0[nt], b1[nt], meta[j]);
-      }
-    }
-  }
-  quad_residuals<SPW, NT, BF16, FULL>(stage, xs, tile, p, mt, acc);
-}
 // ---------------------------------------------------------------------------------------------
 
 template <int SPW, int NT, bool BF16, bool FULL, bool PAIRS>
@@ -593,11 +440,10 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 
 template <int SPW, int NT, int STAGES, bool BF16, int FMT, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
-  constexpr bool CSL = FMT == FMT_CSL, PAIRS = FMT == FMT_PAIRMAP, QUAD = FMT == FMT_QUAD;
+  constexpr bool CSL = FMT == FMT_CSL, PAIRS = FMT == FMT_PAIRMAP;
   // The pair bitmap through this wgmma kernel measured 0.53-0.87x its mma.sync kernel (H200, N = 32/64;
-  // ptxas C7515 serializes its wgmmas), so it has none; nor has the quad format (wgmma has no 2:4 A
-  // from registers with per-group metadata of this kind).
-  static_assert(!(WG && (PAIRS || QUAD)), "the pair bitmap and quad formats have no wgmma kernel");
+  // ptxas C7515 serializes its wgmmas), so it has none.
+  static_assert(!(WG && PAIRS), "the pair bitmap has no wgmma kernel");
   if constexpr (WG && FMT == FMT_BITMAP) {
     static_assert(SPW == 1 && STAGES >= 3, "the bitmap wgmma kernel takes one block per CTA and >= 3 stages");
     bitmap_wg_body<NT, STAGES, BF16>(p);
@@ -617,9 +463,7 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const u32 w_off = WG ? x_bytes : 0, x_off = WG ? 0 : SPW * p.stage_w_bytes;
   const bool full = (mt + 1) * SPW <= p.MB;  // every row block of this CTA exists (all but the last CTA)
   const u32 dense = ring + STAGES * stage_bytes;  // CSL: SPW dense 64x64 tiles; bitmap: strip popcounts
-  // one mbarrier per ring slot, after the scratch (quad: + a residual tile per warp)
-  const u32 bars = dense + (CSL ? SPW * BLOCK * BLOCK * 2 : SCRATCH_BYTES(SPW) + (QUAD ? QUAD_TILES : 0));
-  const u32 rtile = dense + SCRATCH_BYTES(SPW) + (threadIdx.x >> 5) * QUAD_TILE_BYTES;
+  const u32 bars = dense + (CSL ? SPW * BLOCK * BLOCK * 2 : SCRATCH_BYTES(SPW));  // one mbarrier per ring slot
   i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
   load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
   init_stage_barriers<STAGES>(bars);
@@ -636,11 +480,6 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const BitmapLane L = bitmap_lane();
   if (CSL) {
     clear_strips<SPW>(dense);
-  }
-  if (QUAD) {  // the residual tile starts zeroed (its own warp only reads and writes it)
-    for (int i = 0; i < QUAD_TILE_BYTES / 512; i++)
-      asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n" :: "r"(rtile + i * 512 + ((threadIdx.x & 31) << 4)), "r"(0));
-    __syncwarp();
   }
 
 #pragma unroll
@@ -677,9 +516,6 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
         __syncwarp();
       }
       clear_strips<SPW>(dense);  // own strip only; the next scatter waits behind a __syncthreads
-    } else if (QUAD) {
-      if (full) compute_quad<SPW, NT, BF16, true>(wst, xs, dense, rtile, p, mt, acc);
-      else compute_quad<SPW, NT, BF16, false>(wst, xs, dense, rtile, p, mt, acc);
     } else {
       if (full) compute_bitmap<SPW, NT, BF16, true, PAIRS>(wst, xs, dense, p, mt, acc, L);
       else compute_bitmap<SPW, NT, BF16, false, PAIRS>(wst, xs, dense, p, mt, acc, L);
@@ -704,7 +540,6 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
 FLASHLLM_KERNEL(spmm_bitmap, FMT_BITMAP)
 FLASHLLM_KERNEL(spmm_tiled_csl, FMT_CSL)
 FLASHLLM_KERNEL(spmm_pairmap, FMT_PAIRMAP)
-FLASHLLM_KERNEL(spmm_quad, FMT_QUAD)
 
 template <bool BF16>
 __global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count, const u16* bias, int m) {
@@ -731,39 +566,9 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
   for (int c = threadIdx.x; c < chunks; c += THREADS)
     ((uint4*)stage)[c] = ((const uint4*)(weight + begin))[c];
   const u32 st = smem_addr(stage), dense = smem_addr(tile);
-  if (CSL || FMT == FMT_QUAD) {
+  if (CSL) {
     for (int i = threadIdx.x; i < BLOCK * BLOCK / 8; i += THREADS) ((uint4*)tile)[i] = make_uint4(0, 0, 0, 0);
     __syncthreads();
-  }
-  if (FMT == FMT_QUAD) {
-    // Each register's two halves go to the columns its metadata nibble names; the nibble sits in lane
-    // 4g + 2F + (G >> 2) of the strip's metadata words (see formats/quad.py).  Then the residual.
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const u32 scratch = warp_scratch(smem_addr(counts), 0);
-    quad_bases(st, st, scratch, scratch);
-    __syncwarp();
-    const u32* meta = (const u32*)(stage + QUAD_META_AT) + warp * 32;
-#pragma unroll
-    for (int F = 0; F < 2; F++) {
-      u32 a[4];
-      decode_quad_fragment(a, st, scratch, F);
-#pragma unroll
-      for (int q = 0; q < 4; q++) {
-        const int G = t + 4 * (q >> 1), row = warp * 16 + g + 8 * (q & 1), col = 32 * F + 4 * G;
-        const u32 nib = (meta[4 * g + 2 * F + (G >> 2)] >> (4 * (4 * (q & 1) + (G & 3)))) & 15;
-        tile[row * BLOCK + col + (nib & 3)] = (u16)(a[q] & 0xFFFF);
-        tile[row * BLOCK + col + (nib >> 2)] = (u16)(a[q] >> 16);
-      }
-    }
-    __syncthreads();  // residual entries may land in another lane's group
-    const u16* ends = (const u16*)stage;
-    const u32* res = (const u32*)(stage + QUAD_WORDS_AT) + ends[3];
-    const int lo = warp ? ends[3 + 4 * warp] : 0, hi = ends[7 + 4 * warp];
-    for (int i = lo + lane; i < hi; i += 32) {
-      const u32 e = res[i];
-      tile[(warp * 16 + ((e >> 6) & 15)) * BLOCK + (e & 63)] = (u16)(e >> 16);
-    }
-  } else if (CSL) {
     for (int v = threadIdx.x; v < chunks; v += THREADS) {
       uint4 w = ((const uint4*)stage)[v];
       u32 ws[4] = {w.x, w.y, w.z, w.w};
