@@ -1,8 +1,8 @@
 """Decode attention on the GPU (csrc/attention.cu): one query token per sequence against the KV cache.
 
 `decode_attention` returns None when the inputs are not ones it handles (the caller runs SDPA): CPU,
-fp32, torch.compile tracing, more than one query token, head dims other than 64 and 128, more than
-MAX_KEYS keys, or value/key rows that are not contiguous.
+fp32, torch.compile tracing, more than one query token, head dims other than 64 and 128, or value/key
+rows that are not contiguous.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ import torch
 
 from . import jit
 
-MAX_KEYS = 8192  # the scores live in shared memory: 4 bytes a key
 WARP_CHOICES = (8, 16, 32)
+# Warps per CTA.  Measured with a cold cache on an H100 (benchmarks/attn_warps.py, 56 heads x 128, a
+# 192-key cache with 65/129/192 live keys, batch 8/16/32): 8 warps were the fastest of WARP_CHOICES in all
+# nine cases, e.g. batch 8 x 129 live keys 15.7 us (16 warps 19.7; the earlier two-pass kernel's best
+# 18.3; cuDNN 28.4).  16 warps take 64 registers a thread: two CTAs per SM.
+WARPS = 8
 HEAD_DIMS = (64, 128)
 
 
@@ -33,18 +37,11 @@ def _usable(q, k, v, mask) -> bool:
     b, h, t, d = q.shape
     return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not torch.compiler.is_compiling()
             and t == 1 and d in HEAD_DIMS and k.dtype == v.dtype == q.dtype and k.shape[-1] == d
-            and 0 < k.shape[2] <= MAX_KEYS and h % k.shape[1] == 0 and mask.dtype == torch.bool
+            and 0 < k.shape[2] and h % k.shape[1] == 0 and mask.dtype == torch.bool
             and mask.shape == (b, 1, 1, k.shape[2]) and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
             and all(s % 4 == 0 for s in (*q.stride()[:2], *k.stride()[:3], *v.stride()[:3]))
             and all(t_.data_ptr() % 8 == 0 for t_ in (q, k, v))
             and jit.capability(q.device.index) >= (8, 0))
-
-
-def choose_warps(ctas: int, sms: int) -> int:
-    """16 warps per CTA while the (sequence, head) CTAs are fewer than 4 per SM, else 8: measured with a
-    cold cache on an H200 (benchmarks/attn_warps.py), batch 8 x 56 heads x 129 live keys 21.1 -> 18.1 us;
-    from batch 16 on, 8 warps are the faster (26.5 against 29.7 us)."""
-    return 16 if ctas < 4 * sms else 8
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -63,10 +60,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                         scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0),
                         v.stride(1), v.stride(2), m.stride(0))
     dev = q.device.index
-    warps = warps or choose_warps(b * h, jit.sm_count(dev))
+    warps = warps or WARPS
     with jit.on_device(q.device):
         kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'},{warps}>",
                                 dev, jit.capability(dev), program="attention.cu")
-        kernel.launch((b * h, 1, 1), 4 * length, torch.cuda.current_stream(q.device).cuda_stream, params,
+        kernel.launch((b * h, 1, 1), 0, torch.cuda.current_stream(q.device).cuda_stream, params,
                       32 * warps)
     return out
