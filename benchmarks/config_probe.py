@@ -31,7 +31,12 @@ for m, k in shapes:
             t_dense = time_graph([lambda d=d: F.linear(x, d) for d in dcopies])
             cells = []
             for cfg in configs:
-                err = rel_err(dispatch.spmm_kernel(x, sw, **cfg), ref)
+                try:
+                    y = dispatch.spmm_kernel(x, sw, **cfg)
+                except ValueError:  # a forced config this weight cannot take (e.g. its ring is too small)
+                    cells.append(f"{','.join(f'{a}{b}' for a, b in cfg.items())} n/a")
+                    continue
+                err = rel_err(y, ref)
                 assert err < 2e-3, (cfg, err)
                 t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
                 cells.append(f"{','.join(f'{a}{b}' for a, b in cfg.items()) or 'auto'} {t_dense / t:.2f}x")

@@ -23,6 +23,7 @@ SMEM_PER_SM = 227 * 1024  # Hopper/Ampere-class opt-in limit per block; per-SM t
 SPW_CHOICES = (1, 2)      # what choose_config picks (sweeps may force others)
 NT_CHOICES = (1, 2, 4, 8)
 STAGE_CHOICES = (2, 3, 4)
+MAX_CLUSTER = 8  # the portable cluster size (csrc/spmm.cu MAX_CLUSTER)
 MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multiplied by cuBLAS (measured crossover)
 
 
@@ -31,7 +32,7 @@ class Params(ctypes.Structure):
                 ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("MB", ctypes.c_int), ("KB", ctypes.c_int), ("kb_per_split", ctypes.c_int),
-                ("stage_w_bytes", ctypes.c_int), ("bias", ctypes.c_void_p)]
+                ("stage_w_bytes", ctypes.c_int), ("bias", ctypes.c_void_p), ("cluster", ctypes.c_int)]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Config:
     stage_w_bytes: int
     smem: int
     wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
+    cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
 
     def name(self, fmt: str, bf16: bool) -> str:
         flag = lambda b: "true" if b else "false"  # noqa: E731
@@ -58,7 +60,8 @@ def _device_props(index: int) -> tuple[int, tuple[int, int]]:
 @functools.lru_cache(maxsize=4096)
 def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int,
                   spw: int | None = None, stages: int | None = None, split: int | None = None,
-                  wg: bool | None = None, hopper: bool = False, nt: int | None = None) -> Config:
+                  wg: bool | None = None, hopper: bool = False, nt: int | None = None,
+                  cluster: bool | None = None) -> Config:
     """Tile config from the problem size alone (rules read off sweeps on an H200: see NOTES.md).
 
     - nt: the fewest n8 tiles that cover min(N, 64) tokens (more tokens -> more grid.y chunks).
@@ -71,8 +74,9 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
       SM's schedulers busy, which matters more than the fp32 partials they write.
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
-    The pair bitmap, and the bitmap up to 16 tokens, take spw 2 and a one-wave split (wave_split).  Overrides (sweeps, tests)
-    may fix any of spw, stages, split, wg and nt (n8 tiles per CTA).
+    The pair bitmap, and the bitmap up to 16 tokens, take spw 2 and a one-wave split (wave_split); the pair
+    bitmap from 32 tokens on Hopper 8 slices summed in a cluster (CLUSTER_RULE).  Overrides (sweeps, tests)
+    may fix any of spw, stages, split, wg, nt (n8 tiles per CTA) and cluster.
     """
     mb, kb = block_grid((m, k))
     if nt is None:
@@ -102,17 +106,42 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     dense = spw * BLOCK * BLOCK * 2 if fmt == "tiled_csl" else spw * (THREADS // 32) * 128
     if stages is None:
         stages = 2
+    one_wave = wave_split(-(-mb // spw) * n_tiles, kb, nt, sms) if wave else None
+    cluster_rule = (fmt == "pairmap" and nt >= 4 and hopper and not pipelined and cluster is not False
+                    and split is None and kb >= 12 * MAX_CLUSTER
+                    and (one_wave <= MAX_CLUSTER or kb < 64 * one_wave))  # see CLUSTER_RULE
+    if cluster_rule:
+        split = MAX_CLUSTER
     if split is None and wave:
-        split = wave_split(-(-mb // spw) * n_tiles, kb, nt, sms)
+        split = one_wave
     if split is None:
         split = max(1, min(4 if nt == 8 else 8, kb // 12))
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)
+    can_cluster = hopper and not pipelined and 2 <= split <= MAX_CLUSTER
+    if cluster is None:
+        cluster = cluster_rule and can_cluster
+    elif cluster and not can_cluster:
+        raise ValueError(f"a cluster split-K needs sm_90a, no pipelined wgmma kernel and 2..{MAX_CLUSTER} slices "
+                         f"(split {split})")
+    # a cluster split-K parks the CTA's accumulators (spw * nt * 2 KB) in its ring: at least that long
+    ring = max(stages * stage_bytes, spw * nt * 2048) if cluster else stages * stage_bytes
     # + the stage mbarriers and the CTA's block offsets (+1 KB to align a wgmma ring)
-    smem = stages * stage_bytes + dense + stages * 8 + spw * (kb_per_split + 1) * 8 + (1024 if wg else 0)
+    smem = ring + dense + stages * 8 + spw * (kb_per_split + 1) * 8 + (1024 if wg else 0)
     if smem > SMEM_PER_SM:
         raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
-    return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg)
+    return Config(spw, nt, stages, split, kb_per_split, stage_w, smem, wg, cluster)
+
+
+# CLUSTER_RULE: the pair bitmap from 32 tokens on (sm_90a) takes 8 K slices summed in a cluster's distributed
+# shared memory (csrc/spmm.cu cluster_reduce): no fp32 partials through global memory, no reduce kernel.
+# Only where each slice keeps >= 12 K-blocks, and unless the one-wave split already cuts K into more than
+# 8 slices of >= 64 blocks (then its larger grid fills the GPU better).  Measured on an H100 (benchmarks/config_probe.py
+# pairmap 'cluster=0', 8 paper shapes x 70/80/90 % x N = 32/64): better in 43 of 48 cases, e.g. 9216x9216
+# 70 % N = 32 1.47 -> 1.63x, 21504x7168 70 % N = 64 0.91 -> 1.13x; the 5 losses, 12288x49152 (one-wave
+# slices of 70 blocks: 1.67 -> 1.56x at 70 %, N = 32), are what the 64-block bound leaves out.  Clusters
+# elsewhere lost: with the one-wave split (3-6 slices a tile) at N = 8 up to 24 % (21504x7168 90 %: 2.62 ->
+# 2.00x), and for the bitmap at N = 32 7-12 % on small-M shapes - a cluster's CTAs must be resident at once.
 
 
 def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
@@ -151,15 +180,19 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     bf16 = w.dtype == torch.bfloat16
     kernel = jit.get_kernel(cfg.name(w.format, bf16), dev, cap)
     mb, kb = block_grid((m, k))
-    partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device) if cfg.split > 1 else None
+    partial = (torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device)
+               if cfg.split > 1 and not cfg.cluster else None)
     data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
     params = Params(data.data_ptr(), ptr.data_ptr(), x.data_ptr(), y.data_ptr(),
                     partial.data_ptr() if partial is not None else 0,
                     m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes,
-                    bias.data_ptr() if bias is not None else 0)
+                    bias.data_ptr() if bias is not None else 0, int(cfg.cluster))
     stream = torch.cuda.current_stream(x.device).cuda_stream
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
-    kernel.launch(grid, cfg.smem, stream, params)
+    if cfg.cluster:
+        kernel.launch_cluster(grid, cfg.smem, stream, params, (1, 1, cfg.split))
+    else:
+        kernel.launch(grid, cfg.smem, stream, params)
     if partial is not None:
         launch_reduce(partial, y, cfg.split, bias, m, dev, cap, stream)
 

@@ -154,6 +154,26 @@ class LoadedKernel:
         if int(err) != 0:
             raise RuntimeError(f"cuLaunchKernel failed: {err!r} (grid {grid}, smem {smem})")
 
+    def launch_cluster(self, grid, smem: int, stream: int, params: ctypes.Structure, cluster: tuple[int, int, int],
+                       threads: int = 128) -> None:
+        """`launch` with the grid cut into thread-block clusters of shape `cluster` (sm_90+)."""
+        d = self._driver
+        self.allow_smem(smem)
+        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
+        config = d.CUlaunchConfig()
+        config.gridDimX, config.gridDimY, config.gridDimZ = grid
+        config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
+        config.sharedMemBytes = smem
+        config.hStream = d.CUstream(stream)
+        attr = d.CUlaunchAttribute()
+        attr.id = d.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster
+        config.attrs = [attr]
+        config.numAttrs = 1
+        (err,) = d.cuLaunchKernelEx(config, self.function, ctypes.addressof(ptrs), 0)
+        if int(err) != 0:
+            raise RuntimeError(f"cuLaunchKernelEx failed: {err!r} (grid {grid}, cluster {cluster}, smem {smem})")
+
     def launch_args(self, grid, block, stream: int, args: list, smem: int = 0) -> None:
         holders = [a if isinstance(a, ctypes._SimpleCData) else ctypes.c_void_p(a) for a in args]
         ptrs = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])

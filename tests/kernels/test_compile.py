@@ -56,6 +56,16 @@ def test_config_heuristic_is_valid():
                 assert cfg.name(fmt, False) in dispatch.all_variants()
 
 
+def test_cluster_rule_only_for_pairmap_from_32_tokens():
+    """The default config takes a cluster only where it was measured to pay (dispatch.CLUSTER_RULE)."""
+    on = dispatch.choose_config("pairmap", 9216, 9216, 32, 2000, 132, hopper=True)
+    assert on.cluster and on.split == dispatch.MAX_CLUSTER
+    for fmt, n, hopper in (("pairmap", 16, True), ("pairmap", 32, False), ("bitmap", 32, True)):
+        assert not dispatch.choose_config(fmt, 9216, 9216, n, 2000, 132, hopper=hopper).cluster, (fmt, n, hopper)
+    with pytest.raises(ValueError, match="cluster"):
+        dispatch.choose_config("pairmap", 9216, 9216, 32, 2000, 132, hopper=True, split=12, cluster=True)
+
+
 def test_sell_config_heuristic_is_valid():
     from flashllm.formats.sell import grid
     from flashllm.kernels import sell_launch

@@ -290,3 +290,42 @@ def test_sell_under_cuda_graph_and_compile():
     f = torch.compile(lambda a: flashllm.spmm(a, sw) * 2, fullgraph=True)
     x = torch.randn(8, 3000, device="cuda").half()
     assert torch.equal(f(x), flashllm.spmm(x, sw) * 2)
+
+
+@pytest.mark.skipif(not HOPPER, reason="thread-block clusters need sm_90")
+@pytest.mark.parametrize("fmt", ["pairmap", "bitmap", "tiled_csl"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
+    """The split-K sum in a cluster's distributed shared memory gives bitwise the reduce kernel's output
+    (same fp32 sums in slice order), with a bias, a partial last row block and odd K, for every cluster
+    size and token tile; every element is written (output poisoned first) and a CUDA graph replays it."""
+    from flashllm.kernels import dispatch
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    m, k = 333, 3001
+    w = pruned(m, k, 0.8, dtype, gen)
+    sw = flashllm.compress(w, fmt)
+    bias = torch.randn(m, generator=gen, device="cuda").to(dtype)
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    for n in (3, 8, 32, 64):
+        x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+        ref = x.float() @ w.float().T + bias.float()
+        for split in (2, 5, 8):
+            ys = {}
+            for cluster in (False, True):
+                cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, split=split, wg=False,
+                                             hopper=True, cluster=cluster)
+                assert cfg.cluster == cluster and cfg.split == split
+                y = torch.full((n, m), float("nan"), device="cuda", dtype=dtype)
+                dispatch._launch(dispatch.prepare_x(x), sw, cfg, y, bias)
+                ys[cluster] = y
+            assert not torch.isnan(ys[True]).any(), (n, split)
+            assert rel_err(ys[True], ref) <= tol, (n, split, rel_err(ys[True], ref))
+            assert torch.equal(ys[True].view(torch.int16), ys[False].view(torch.int16)), (n, split)
+    cfg = dispatch.choose_config(fmt, m, k, 32, sw.max_block_bytes, 132, split=8, wg=False, hopper=True, cluster=True)
+
+    def run():
+        y = torch.empty((32, m), device="cuda", dtype=dtype)
+        dispatch._launch(dispatch.prepare_x(x[:32]), sw, cfg, y, bias)
+        return y
+    assert torch.equal(replayed(run), run())
+

@@ -24,6 +24,8 @@ struct Params {
   int kb_per_split;        // K-blocks per grid.z slice
   int stage_w_bytes;       // bytes reserved per weight block in a stage (>= largest block)
   const u16* bias;         // [M] added before the output is rounded, or null
+  int cluster;             // split > 1 on Hopper: the grid.z slices of a tile form a cluster and sum in
+                           // distributed shared memory (cluster_reduce), no fp32 partials in global memory
 };
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {

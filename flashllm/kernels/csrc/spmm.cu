@@ -438,6 +438,62 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   store_tile<NT, BF16>(p, acc[0], mt * BLOCK + (threadIdx.x >> 5) * 16, n0);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Split-K inside a cluster (Hopper): the split CTAs of one output tile are one cluster along grid.z.
+// Each parks its accumulators in its own (now idle) ring, and after a cluster barrier CTA r sums
+// slots r, r + split, ... of the tile over all CTAs' shared memory, slice by slice in z order - the
+// same fp32 sums as the reduce kernel, so the output is deterministic - adds the bias and stores.  It
+// replaces the fp32 partials' round trip through global memory and the reduce kernel's launch.
+#if FLASHLLM_BULK
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ float load_peer(u32 addr, u32 rank) {
+  u32 remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+
+#define MAX_CLUSTER 8  // the portable cluster size; dispatch keeps split <= 8 for this path
+template <int SPW, int NT, bool BF16>
+__device__ __forceinline__ void cluster_reduce(const Params& p, const float (&acc)[SPW][NT][4], u32 park, int mt, int n0) {
+  constexpr int SLOTS = SPW * NT * 4;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  __syncthreads();  // every warp is done with the ring
+#pragma unroll
+  for (int j = 0; j < SPW; j++)
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        asm volatile("st.shared.f32 [%0], %1;\n" :: "r"(park + (((j * NT + nt) * 4 + i) * THREADS + tid) * 4),
+                     "f"(acc[j][nt][i]));
+  cluster_sync();
+  const int split = gridDim.z, rank = blockIdx.z;
+  for (int s = rank; s < SLOTS; s += split) {
+    const u32 addr = park + (s * THREADS + tid) * 4;
+    float v[MAX_CLUSTER];
+#pragma unroll
+    for (int z = 0; z < MAX_CLUSTER; z++) v[z] = z < split ? load_peer(addr, z) : 0.f;  // all in flight
+    float sum = 0.f;
+#pragma unroll
+    for (int z = 0; z < MAX_CLUSTER; z++)
+      if (z < split) sum += v[z];
+    const int j = s / (NT * 4), nt = (s / 4) % NT, i = s % 4;
+    const int m = (mt * SPW + j) * BLOCK + warp * 16 + g + ((i >> 1) << 3), n = n0 + nt * 8 + 2 * t + (i & 1);
+    if (m < p.M && n < p.N) {
+      if (p.bias) sum += to_float<BF16>(p.bias[m]);
+      p.y[(i64)n * p.M + m] = from_float<BF16>(sum);
+    }
+  }
+  cluster_sync();  // no CTA exits while a peer may still read its shared memory
+}
+#endif
+
 template <int SPW, int NT, int STAGES, bool BF16, int FMT, bool WG>
 __device__ __forceinline__ void spmm_body(const Params& p) {
   constexpr bool CSL = FMT == FMT_CSL, PAIRS = FMT == FMT_PAIRMAP;
@@ -462,7 +518,10 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
   const u32 ring = WG ? (smem_addr(smem) + 1023) & ~1023u : smem_addr(smem);
   const u32 w_off = WG ? x_bytes : 0, x_off = WG ? 0 : SPW * p.stage_w_bytes;
   const bool full = (mt + 1) * SPW <= p.MB;  // every row block of this CTA exists (all but the last CTA)
-  const u32 dense = ring + STAGES * stage_bytes;  // CSL: SPW dense 64x64 tiles; bitmap: strip popcounts
+  // a cluster split-K parks the accumulators (SPW * NT * 2 KB) in the ring: it is at least that long
+  const u32 park_bytes = SPW * NT * 4 * THREADS * 4;
+  const u32 ring_bytes = p.cluster && park_bytes > STAGES * stage_bytes ? park_bytes : STAGES * stage_bytes;
+  const u32 dense = ring + ring_bytes;  // CSL: SPW dense 64x64 tiles; bitmap: strip popcounts
   const u32 bars = dense + (CSL ? SPW * BLOCK * BLOCK * 2 : SCRATCH_BYTES(SPW));  // one mbarrier per ring slot
   i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
   load_block_ptrs<SPW, CSL>(ptrs, p, mt, kb0, nk);
@@ -522,6 +581,12 @@ __device__ __forceinline__ void spmm_body(const Params& p) {
     }
   }
   cp_async_wait<0>();
+#if FLASHLLM_BULK
+  if (p.cluster) {  // dispatch sets it only with split > 1
+    cluster_reduce<SPW, NT, BF16>(p, acc, ring, mt, n0);
+    return;
+  }
+#endif
 
   int warp = threadIdx.x >> 5;
 #pragma unroll
