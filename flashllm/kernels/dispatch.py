@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -172,6 +172,11 @@ def use_wgmma(fmt: str, nt: int) -> bool:
     return nt in WGMMA_RULE[fmt]
 
 
+@functools.lru_cache(maxsize=1024)
+def _clusters_fit(name: str, dev: int, grid: tuple[int, int, int], smem: int, split: int) -> bool:
+    return jit.get_kernel(name, dev, _device_props(dev)[1]).clusters_fit(grid, smem, (1, 1, split))
+
+
 def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias: torch.Tensor | None) -> None:
     m, k = w.shape
     n = x.shape[0]
@@ -180,6 +185,9 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     bf16 = w.dtype == torch.bfloat16
     kernel = jit.get_kernel(cfg.name(w.format, bf16), dev, cap)
     mb, kb = block_grid((m, k))
+    grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
+    if cfg.cluster and not _clusters_fit(cfg.name(w.format, bf16), dev, grid, cfg.smem, cfg.split):
+        cfg = replace(cfg, cluster=False)  # this GPU (partition) cannot place one: the reduce kernel
     partial = (torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device)
                if cfg.split > 1 and not cfg.cluster else None)
     data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
@@ -188,7 +196,6 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
                     m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes,
                     bias.data_ptr() if bias is not None else 0, int(cfg.cluster))
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
     if cfg.cluster:
         kernel.launch_cluster(grid, cfg.smem, stream, params, (1, 1, cfg.split))
     else:

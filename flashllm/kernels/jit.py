@@ -154,12 +154,8 @@ class LoadedKernel:
         if int(err) != 0:
             raise RuntimeError(f"cuLaunchKernel failed: {err!r} (grid {grid}, smem {smem})")
 
-    def launch_cluster(self, grid, smem: int, stream: int, params: ctypes.Structure, cluster: tuple[int, int, int],
-                       threads: int = 128) -> None:
-        """`launch` with the grid cut into thread-block clusters of shape `cluster` (sm_90+)."""
+    def _cluster_config(self, grid, smem: int, stream: int, cluster: tuple[int, int, int], threads: int):
         d = self._driver
-        self.allow_smem(smem)
-        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
         config = d.CUlaunchConfig()
         config.gridDimX, config.gridDimY, config.gridDimZ = grid
         config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
@@ -170,7 +166,23 @@ class LoadedKernel:
         attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster
         config.attrs = [attr]
         config.numAttrs = 1
-        (err,) = d.cuLaunchKernelEx(config, self.function, ctypes.addressof(ptrs), 0)
+        return config
+
+    def clusters_fit(self, grid, smem: int, cluster: tuple[int, int, int], threads: int = 128) -> bool:
+        """Whether at least one cluster of this shape can be resident (a GPU partition with few SMs per
+        GPC, or a CTA too large to share an SM, may have room for none)."""
+        self.allow_smem(smem)
+        err, n = self._driver.cuOccupancyMaxActiveClusters(self.function, self._cluster_config(grid, smem, 0, cluster,
+                                                                                                threads))
+        return int(err) == 0 and n > 0
+
+    def launch_cluster(self, grid, smem: int, stream: int, params: ctypes.Structure, cluster: tuple[int, int, int],
+                       threads: int = 128) -> None:
+        """`launch` with the grid cut into thread-block clusters of shape `cluster` (sm_90+)."""
+        self.allow_smem(smem)
+        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
+        config = self._cluster_config(grid, smem, stream, cluster, threads)
+        (err,) = self._driver.cuLaunchKernelEx(config, self.function, ctypes.addressof(ptrs), 0)
         if int(err) != 0:
             raise RuntimeError(f"cuLaunchKernelEx failed: {err!r} (grid {grid}, cluster {cluster}, smem {smem})")
 

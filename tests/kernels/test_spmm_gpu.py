@@ -329,3 +329,22 @@ def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
         return y
     assert torch.equal(replayed(run), run())
 
+
+
+@pytest.mark.skipif(not HOPPER, reason="thread-block clusters need sm_90")
+def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
+    """A GPU (partition) that cannot place a cluster gets the reduce kernel instead of a launch error."""
+    from flashllm.kernels import dispatch
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    m, k, n = 1000, 2000, 32
+    w = pruned(m, k, 0.8, torch.float16, gen)
+    sw = flashllm.compress(w, "pairmap")
+    x = torch.randn(n, k, generator=gen, device="cuda").half()
+    cfg = dispatch.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, split=4, hopper=True, cluster=True)
+    kernel = dispatch.jit.get_kernel(cfg.name("pairmap", False), x.device.index, (9, 0))
+    grid = (-(-16 // cfg.spw), 1, 4)
+    assert kernel.clusters_fit(grid, cfg.smem, (1, 1, 4))
+    monkeypatch.setattr(dispatch, "_clusters_fit", lambda *args: False)
+    y = torch.full((n, m), float("nan"), device="cuda", dtype=torch.float16)
+    dispatch._launch(x, sw, cfg, y, None)
+    assert rel_err(y, x.float() @ w.float().T) < 2e-3
