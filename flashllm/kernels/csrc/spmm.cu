@@ -438,7 +438,6 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   store_tile<NT, BF16>(p, acc[0], mt * BLOCK + (threadIdx.x >> 5) * 16, n0);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Split-K inside a cluster (Hopper): the split CTAs of one output tile are one cluster along grid.z.
 // Each parks its accumulators in its own (now idle) ring, and after a cluster barrier CTA r sums
