@@ -177,13 +177,6 @@ ABLATIONS = {
     "lb12": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 12) NAME")],
     "lb16": [("__launch_bounds__(THREADS) NAME", "__launch_bounds__(THREADS, 16) NAME")],
     "no-zero": [("      clear_strips<SPW>(dense);  // own strip", "      // own strip")],
-    # the bitmap without shared-memory bank conflicts between its half-warps (timing only: garbage values):
-    # both halves follow half 0's masks, half 1 reading 64 bytes further on, so their windows never share a bank
-    "one-window": [("int stream = 2 * (threadIdx.x >> 5) + ((threadIdx.x >> 4) & 1);", "int stream = 2 * (threadIdx.x >> 5);"),
-                   ("return blk + 528 + 2 * (start & 0xFFFF) - 2;",
-                    "return blk + 528 + 2 * (start & 0xFFFF) - 2 + (((threadIdx.x >> 4) & 1) << 6);"),
-                   ("(((warp * 4 + f) * 2 + h) << 4)", "(((warp * 4 + f) * 2 + 0 * h) << 4)"),
-                   ("(counts + ((f * 2 + h) << 4))", "(counts + ((f * 2 + 0 * h) << 4))")],
     # what a per-warp Tiled-CSL would save: no CTA barrier between scatter and ldmatrix (timing only: races)
     "no-midsync": [("        __syncthreads();\n        if (full) compute_dense<", "        __syncwarp();\n        if (full) compute_dense<")],
 }

@@ -162,8 +162,8 @@ def test_single_file_holding_two_weights(tmp_path):
 
 @pytest.mark.parametrize("key,offset,value,message", [
     ("fc1::block_ptr", 8, 17, r"weight 'fc1': bitmap block_ptr entries must be multiples of 16"),
-    ("fc1::data", 0, 255, r"weight 'fc1': bitmap stream ends in a block header disagree with the mask popcounts"),
-    ("fc1::data", 100, 1, r"weight 'fc1': bitmap stream ends in a block header disagree with the mask popcounts"),
+    ("fc1::data", 0, 255, r"weight 'fc1': bitmap strip ends in a block header disagree with the mask popcounts"),
+    ("fc1::data", 100, 1, r"weight 'fc1': bitmap strip ends in a block header disagree with the mask popcounts"),
     ("fc2::words", 3, 0x7F, r"weight 'fc2': tiled_csl word with a location outside its 64x64 tile"),
     ("fc2::tile_ptr", 0, 4, r"weight 'fc2': tiled_csl tile_ptr\[0\] must be 0, got 4"),
     ("fc2::meta", 5 * 8, 1, r"weight 'fc2': tiled_csl nnz \d+ disagrees"),

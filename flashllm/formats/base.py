@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the bitmap stores a register's two half-warp runs back to back (1 is read too)
 FORMATS = ("tiled_csl", "bitmap", "sell", "pairmap")
 # Codes written into checkpoints; never reorder.
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}
@@ -109,8 +109,8 @@ class SparseWeight:
         if meta.dtype != torch.int64 or meta.shape != (7,):
             raise ValueError(f"'meta' must be int64 of shape (7,), got {meta.dtype} {tuple(meta.shape)}")
         version, fmt, m, k, dt, nnz, max_block = (int(v) for v in meta.tolist())
-        if version != FORMAT_VERSION:
-            raise ValueError(f"format version {version} not supported (this flashllm reads {FORMAT_VERSION})")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"format version {version} not supported (this flashllm reads 1 and {FORMAT_VERSION})")
         if fmt not in _FORMAT_NAMES:
             raise ValueError(f"unknown format code {fmt}")
         if dt not in _DTYPES:
@@ -123,6 +123,9 @@ class SparseWeight:
         if missing or extra:
             raise ValueError(f"{name} state dict: missing tensors {missing}, unexpected {extra}")
         w = cls(name, (m, k), _DTYPES[dt], nnz, max_block, {t: d[t] for t in expected})
+        if version == 1 and name == "bitmap":  # the older value order: re-encode (always validated)
+            from . import bitmap, compress
+            return compress(bitmap.decode_v1(w), "bitmap").validate()
         return w.validate() if validate else w
 
     def __repr__(self) -> str:

@@ -12,8 +12,11 @@ so that every (fragment, register q, half h) owns exactly one 32-bit mask word w
 bit (2 * hl + e) says whether that lane's element e is non-zero.  A kernel lane can then
 find its values with a single popcount of the bits below its own.
 
-`STREAM_ORDER` lists the 4096 block positions (row * 64 + col) in the order the bitmap
-format stores values and mask bits: strip s, half h, fragment f, register q, lane hl, e.
+`stream_order` lists the 4096 block positions (row * 64 + col) in the order the bitmap
+format stores its values: strip s, fragment f, register q, half h, lane hl, e - a register's
+half-0 values, then its half-1 values, so the 32 lanes loading one register read one
+contiguous window (no shared-memory bank conflicts between the half-warps).  Format version 1
+stored strip s, half h, fragment f, register q, lane hl, e (`stream_order(legacy=True)`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ FRAGS = BLOCK // 16  # 16x16 fragments along K per strip
 
 
 @functools.lru_cache(maxsize=None)
-def _stream_order() -> torch.Tensor:
-    s, h, f, q, hl, e = torch.meshgrid(
-        torch.arange(STRIPS), torch.arange(2), torch.arange(FRAGS),
-        torch.arange(4), torch.arange(16), torch.arange(2), indexing="ij")
+def _stream_order(legacy: bool) -> torch.Tensor:
+    if legacy:
+        s, h, f, q, hl, e = torch.meshgrid(
+            torch.arange(STRIPS), torch.arange(2), torch.arange(FRAGS),
+            torch.arange(4), torch.arange(16), torch.arange(2), indexing="ij")
+    else:
+        s, f, q, h, hl, e = torch.meshgrid(
+            torch.arange(STRIPS), torch.arange(FRAGS), torch.arange(4),
+            torch.arange(2), torch.arange(16), torch.arange(2), indexing="ij")
     lane = 16 * h + hl
     g, t = lane // 4, lane % 4
     row = 16 * s + g + 8 * (q & 1)
@@ -41,9 +49,9 @@ def _stream_order() -> torch.Tensor:
     return order
 
 
-def stream_order(device: torch.device | str = "cpu") -> torch.Tensor:
-    """Block position (row * 64 + col) of the i-th element in stream order."""
-    return _stream_order().to(device)
+def stream_order(device: torch.device | str = "cpu", legacy: bool = False) -> torch.Tensor:
+    """Block position (row * 64 + col) of the i-th element in stream order (legacy: format version 1's)."""
+    return _stream_order(legacy).to(device)
 
 
 def block_grid(shape: tuple[int, int]) -> tuple[int, int]:

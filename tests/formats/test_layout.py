@@ -20,19 +20,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fragment_order() -> list[tuple[int, int, int, int, int]]:
-    """(stream 2s+h, mask word, bit, row, col) of each block element, in stored value order."""
+    """(strip s, mask word, bit, row, col) of each block element, in stored value order: strip, fragment f,
+    register q, half h, lane hl in the half, element e."""
     out = []
     for s in range(4):
-        for h in range(2):
-            for f in range(4):
-                for q in range(4):
+        for f in range(4):
+            for q in range(4):
+                for h in range(2):
                     for hl in range(16):
                         for e in range(2):
                             lane = 16 * h + hl
                             g, t = lane // 4, lane % 4
                             row = 16 * s + g + 8 * (q & 1)
                             col = 16 * f + 2 * t + e + 8 * (q >> 1)
-                            out.append((2 * s + h, ((s * 4 + f) * 2 + h) * 4 + q, 2 * hl + e, row, col))
+                            out.append((s, ((s * 4 + f) * 2 + h) * 4 + q, 2 * hl + e, row, col))
     return out
 
 
@@ -51,17 +52,51 @@ def bitmap_decode_by_the_doc(sw) -> np.ndarray:
         ends = blk[:16].view("<i2")
         masks = blk[16:528].view("<u4")
         values = blk[528:].view("<i2")
-        taken = [0] * 8
+        taken = [0] * 4
         r0, c0 = (b // kb) * BLOCK, (b % kb) * BLOCK
-        for stream, word, bit, row, col in FRAGMENT_ORDER:
+        for strip, word, bit, row, col in FRAGMENT_ORDER:
             if masks[word] >> bit & 1:
-                start = ends[stream - 1] if stream else 0
-                # the popcount rule: a value's index is its stream start + set bits before it
-                out[r0 + row, c0 + col] = values[start + taken[stream]]
-                taken[stream] += 1
-        assert taken == np.diff(np.concatenate([[0], ends])).tolist()
-        assert len(values) * 2 == 16 * -(-int(ends[-1]) // 8)
+                start = ends[strip - 1] if strip else 0
+                # values follow the order of the set bits, strip by strip
+                out[r0 + row, c0 + col] = values[start + taken[strip]]
+                taken[strip] += 1
+        assert taken == np.diff(np.concatenate([[0], ends[:4]])).tolist() and ends[4:].tolist() == [0] * 4
+        assert len(values) * 2 == 16 * -(-int(ends[3]) // 8)
     return out[:m, :k]
+
+
+def bitmap_encode_v1_by_the_doc(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Format version 1's bitmap bytes (one value stream per strip s and half h, stream 2s + h: fragment,
+    register, lane, element; header ends[8] running counts after each stream), for the compatibility test."""
+    m, k = w.shape
+    mb, kb = -(-m // BLOCK), -(-k // BLOCK)
+    padded = np.zeros((mb * BLOCK, kb * BLOCK), dtype=np.int16)
+    padded[:m, :k] = w.view(torch.int16).numpy()
+    chunks, ptr = [], [0]
+    for b in range(mb * kb):
+        r0, c0 = (b // kb) * BLOCK, (b % kb) * BLOCK
+        masks = np.zeros(128, dtype=np.uint32)
+        streams = [[] for _ in range(8)]
+        for s in range(4):
+            for h in range(2):
+                for f in range(4):
+                    for q in range(4):
+                        for hl in range(16):
+                            for e in range(2):
+                                lane = 16 * h + hl
+                                row = 16 * s + lane // 4 + 8 * (q & 1)
+                                col = 16 * f + 2 * (lane % 4) + e + 8 * (q >> 1)
+                                v = padded[r0 + row, c0 + col]
+                                if v != 0 and v != np.int16(-32768):  # +-0 are zeros
+                                    masks[((s * 4 + f) * 2 + h) * 4 + q] |= np.uint32(1 << (2 * hl + e))
+                                    streams[2 * s + h].append(v)
+        ends = np.cumsum([len(st) for st in streams]).astype("<i2")
+        values = np.array([v for st in streams for v in st], dtype="<i2")
+        values = np.concatenate([values, np.zeros(-len(values) % 8, dtype="<i2")])
+        blk = np.concatenate([ends.view(np.uint8), masks.astype("<u4").view(np.uint8), values.view(np.uint8)])
+        chunks.append(blk)
+        ptr.append(ptr[-1] + len(blk))
+    return {"data": torch.from_numpy(np.concatenate(chunks)), "block_ptr": torch.tensor(ptr, dtype=torch.int64)}
 
 
 def tiled_csl_decode_by_the_doc(sw) -> np.ndarray:
@@ -156,3 +191,35 @@ def test_to_blocks_from_blocks_inverse(case):
     blocks = to_blocks(w)
     assert blocks.shape == (-(-w.shape[0] // 64) * -(-w.shape[1] // 64), 4096)
     assert torch.equal(from_blocks(blocks, tuple(w.shape)).view(torch.int16), w.view(torch.int16))
+
+
+@pytest.mark.parametrize("shape,sparsity", [((64, 64), 0.5), ((100, 130), 0.7), ((130, 70), 0.0)])
+def test_bitmap_version_1_files_load_as_the_same_weight(shape, sparsity):
+    """A state dict written by format version 1 (one stream per half-warp) loads, re-encoded, as the
+    weight it held; version 1 files of the other formats load as they are."""
+    from flashllm.formats import SparseWeight
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(shape, generator=gen).half()
+    w[torch.rand(shape, generator=gen) < sparsity] = 0
+    v1 = bitmap_encode_v1_by_the_doc(w)
+    nnz, sizes = int((w != 0).sum()), v1["block_ptr"].diff()
+    meta = torch.tensor([1, 2, *shape, 1, nnz, int(sizes.max())], dtype=torch.int64)
+    loaded = SparseWeight.from_state_dict({"meta": meta, **v1})
+    assert loaded.format == "bitmap" and torch.equal(loaded.to_dense(), w)
+    assert torch.equal(loaded.tensors["data"], compress(w, "bitmap").tensors["data"])
+    csl = compress(w, "tiled_csl").state_dict()
+    csl["meta"] = csl["meta"].clone()
+    csl["meta"][0] = 1
+    assert torch.equal(SparseWeight.from_state_dict(csl).to_dense(), w)
+
+
+def test_bitmap_version_1_sizes_are_checked_before_reading():
+    from flashllm.formats import SparseWeight
+    w = torch.zeros(64, 64, dtype=torch.float16)
+    w[0, :5] = 1.0
+    v1 = bitmap_encode_v1_by_the_doc(w)
+    v1["data"] = v1["data"][:-16]  # the block's one 16-byte value chunk gone
+    v1["block_ptr"] = torch.tensor([0, v1["data"].numel()], dtype=torch.int64)
+    meta = torch.tensor([1, 2, 64, 64, 1, 5, v1["data"].numel()], dtype=torch.int64)
+    with pytest.raises(ValueError, match="bitmap block size disagrees with its popcount"):
+        SparseWeight.from_state_dict({"meta": meta, **v1})

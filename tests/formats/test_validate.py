@@ -63,7 +63,7 @@ def bitmap_cases():
     set_ptr = lambda i, v: with_element(sw, "block_ptr", i, v)  # noqa: E731
 
     ends_plus_one = data.clone()
-    ends_plus_one.view(torch.int16)[int(ptr[1]) // 2 + 3] += 1  # block 1, stream 3's end
+    ends_plus_one.view(torch.int16)[int(ptr[1]) // 2 + 3] += 1  # block 1, strip 3's end
     one_more_value = ptr.clone()
     one_more_value[2:] += 16
     one_less_value = ptr.clone()
@@ -83,7 +83,7 @@ def bitmap_cases():
         ("monotone", set_ptr(1, int(ptr[2]) + 16), r"bitmap block_ptr is not monotone"),
         ("aligned", set_ptr(1, int(ptr[1]) + 8), r"bitmap block_ptr entries must be multiples of 16"),
         ("header", set_ptr(1, 512), r"bitmap block smaller than its 528-byte header"),
-        ("ends", with_tensors(sw, data=ends_plus_one), r"bitmap stream ends .* disagree with the mask popcounts"),
+        ("ends", with_tensors(sw, data=ends_plus_one), r"bitmap strip ends .* disagree with the mask popcounts"),
         ("extra values", with_tensors(sw, data=insert_bytes(data, int(ptr[2]), 16), block_ptr=one_more_value),
          r"bitmap block size disagrees with its popcount"),
         ("missing values", with_tensors(sw, data=torch.cat([data[:int(ptr[1]) - 16], data[int(ptr[1]):]]),

@@ -100,9 +100,12 @@ __device__ __forceinline__ void load_block_ptrs(i64* ptrs, const Params& p, int 
 
 // ---------------------------------------------------------------------------------------------
 // Bitmap decode: lane (h = half-warp, hl = lane in it) owns bits 2hl, 2hl+1 of each mask word of
-// its half.  Its first value sits after the popcount of the bits below; `base` points 2 bytes
-// before the half's value stream so that one popcount (of the bits up to and including the
-// lane's first bit) addresses both cases:
+// its half.  A register's values are its half-0 run, then its half-1 run (formats/bitmap.py), so the
+// 32 lanes of one load read one contiguous window: no bank conflicts between the half-warps, which
+// cost 8-15 % at 50 % sparsity when each half had a stream of its own (H200, ablate.py one-window).
+// A lane's first value sits after the popcount of the bits below; `base` points 2 bytes before its
+// half's run so that one popcount (of the bits up to and including the lane's first bit) addresses
+// both cases:
 //   first bit set:   value pair starts at the lane's first value   (lo = v[c], hi = v[c+1])
 //   first bit clear: only the second can be set and it is v[c]     (lo = junk, hi = v[c])
 // Each half is loaded only when the lane's bit for it is set (a predicated load of a zeroed register),
@@ -111,8 +114,8 @@ __device__ __forceinline__ void load_block_ptrs(i64* ptrs, const Params& p, int 
 // The decode is bound by the integer pipes, not by memory (measured on an H200, benchmarks/ablate.py):
 // POPC retires at a quarter of LOP3's rate (0.48 vs 1.7 warp-instructions per clock per SM).  So
 // per register it does one POPC (the lane's prefix), three ALU ops and fused multiply-adds (which
-// issue to the FMA pipe) for the rest; the stream advance per register, popc(word), is the same
-// for all 16 lanes of a half and is counted once per strip and stage (strip_popcounts).
+// issue to the FMA pipe) for the rest; the advance of `base` per register is the same for all 16
+// lanes of a half and is counted once per strip and stage (strip_popcounts).
 struct BitmapLane {
   u32 below_incl;      // bits 0 .. 2hl (inclusive)
   u32 bit_lo, bit_hi;  // the lane's two bits: 2hl, 2hl + 1
@@ -145,31 +148,47 @@ __device__ __forceinline__ u32 load_half_if(u32 word, u32 bit, u32 addr) {
   return v;
 }
 
-// `count` = popc(word), from strip_popcounts.
-__device__ __forceinline__ u32 decode_reg(u32 word, u32 count, const BitmapLane& L, u32& base) {
+// `advance`: bytes from this register's run of the lane's half to the next register's (strip_popcounts).
+__device__ __forceinline__ u32 decode_reg(u32 word, u32 advance, const BitmapLane& L, u32& base) {
   u32 addr = base + 2 * __popc(word & L.below_incl);
   u32 lo = load_half_if(word, L.bit_lo, addr);
   u32 hi = load_half_if(word, L.bit_hi, addr + 2);
-  base += 2 * count;
+  base += advance;
   return pack_halves(lo, hi);
 }
 
-// Where this lane's half-warp value stream of the block at `blk` starts, minus 2 bytes (see above):
-// the stream's start is the previous stream's end, from the block's 16-byte header of u16 ends.
+// Where the warp's strip of the block at `blk` keeps its values, minus 2 bytes (see above): after the
+// previous strips', from the block's 16-byte header of u16 running counts.  Half 1 adds the first
+// register's half-0 run (strip_popcounts returns it).
 __device__ __forceinline__ u32 stream_base(u32 blk) {
-  int stream = 2 * (threadIdx.x >> 5) + ((threadIdx.x >> 4) & 1);
+  const int strip = threadIdx.x >> 5;
   u32 start = 0;
-  if (stream > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (stream - 1)));
+  if (strip > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (strip - 1)));
   return blk + 528 + 2 * (start & 0xFFFF) - 2;
 }
 
-// Popcounts of the 32 mask words of this warp's strip of the block at `blk`, one per lane, into the
-// warp's 128-byte scratch (word i at 4i: the same order as the masks).  The caller __syncwarp()s.
-__device__ __forceinline__ void strip_popcounts(u32 blk, u32 scratch) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+// For the warp's strip of the block at `blk`: lane i = (f*2 + h)*4 + q (the mask words' order) stores
+// into the warp's 128-byte scratch (at 4i) how far half h's `base` moves from register (f, q) to the
+// next one - half 0 past both halves' runs, half 1 past its own run and the next register's half-0 run
+// (bytes).  Returns the first register's half-0 run (bytes): where half 1 starts.  The caller
+// __syncwarp()s.
+__device__ __forceinline__ u32 strip_popcounts(u32 blk, u32 scratch) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, f = lane >> 3, q = lane & 3;
   u32 w;
   asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((warp * 32 + lane) << 2)));
-  asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(scratch + (lane << 2)), "r"((u32)__popc(w)));
+  const u32 run = 2 * __popc(w);
+  const u32 other_half = __shfl_xor_sync(0xffffffffu, run, 4);
+  const int next = q < 3 ? f * 8 + q + 1 : ((f + 1) * 8) & 31;  // the next register's half-0 word
+  const u32 next_half0 = __shfl_sync(0xffffffffu, run, next);
+  const u32 advance = (lane & 4) ? run + next_half0 : run + other_half;
+  asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(scratch + (lane << 2)), "r"(advance));
+  return __shfl_sync(0xffffffffu, run, 0);
+}
+
+// The bitmap's per-lane stream pointer for a block: stream_base, moved past the first half-0 run in half 1.
+__device__ __forceinline__ u32 bitmap_base(u32 blk, u32 scratch) {
+  const u32 first_run = strip_popcounts(blk, scratch);
+  return stream_base(blk) + (((threadIdx.x >> 4) & 1) ? first_run : 0u);
 }
 
 // Per-warp popcount scratch of the bitmap kernels: 128 bytes per warp and block of the CTA.
@@ -179,8 +198,8 @@ __device__ __forceinline__ u32 warp_scratch(u32 scratch, int j) {
 }
 
 // The A fragment (4 registers) of this warp's strip for the 16-wide K slice f of the block at `blk`:
-// the half-warp's four mask words and their popcounts, then one decode per register, advancing
-// `base` along the stream.
+// the half-warp's four mask words and their advances (strip_popcounts), then one decode per register,
+// moving `base` from run to run.
 __device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, u32 counts, int f, const BitmapLane& L,
                                                 u32& base) {
   const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
@@ -256,8 +275,7 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, c
                    warp_scratch(scratch, j1));
       }
     } else {
-      base[j] = stream_base(stage + j * p.stage_w_bytes);
-      strip_popcounts(stage + j * p.stage_w_bytes, warp_scratch(scratch, j));
+      base[j] = bitmap_base(stage + j * p.stage_w_bytes, warp_scratch(scratch, j));
     }
   }
   __syncwarp();
@@ -387,9 +405,8 @@ __device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 s
   __syncthreads();
   wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + AHEAD);
   const u32 stage = ring + (it % STAGES) * stage_bytes, blk = stage + x_bytes;
-  u32 base = stream_base(blk);
   const u32 counts = warp_scratch(scratch, 0);
-  strip_popcounts(blk, counts);
+  u32 base = bitmap_base(blk, counts);
   __syncwarp();
   const unsigned long long xdesc = sw128_desc(stage);
 #pragma unroll
@@ -644,10 +661,10 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     __syncthreads();
     int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     const BitmapLane L = bitmap_lane();
-    u32 base = stream_base(st);
     const u32 scratch = warp_scratch(smem_addr(counts), 0);
+    u32 base = 0;
     if (FMT == FMT_PAIRMAP) pair_bases(st, st, scratch, scratch);
-    else strip_popcounts(st, scratch);
+    else base = bitmap_base(st, scratch);
     __syncwarp();
 #pragma unroll
     for (int f = 0; f < 4; f++) {
