@@ -111,21 +111,15 @@ def decode(w: SparseWeight, legacy: bool = False) -> torch.Tensor:
 def decode_v1(w: SparseWeight) -> torch.Tensor:
     """The dense weight of bitmap data written by format version 1 (one value stream per strip and
     half-warp; same masks and sizes).  Only its sizes are checked: re-encode and validate the result."""
-    data, ptr = w.tensors["data"], w.tensors["block_ptr"]
-    nb = math.prod(block_grid(w.shape))
-    if data.dtype != torch.uint8 or data.dim() != 1:
-        fail(f"bitmap data must be a 1-D uint8 tensor, got {data.dtype} {tuple(data.shape)}")
-    check_ptr(ptr, "bitmap block_ptr", nb, data.numel(), 16)
-    sizes = ptr[1:] - ptr[:-1]
-    if bool((sizes < VALUES_AT).any()):
-        fail(f"bitmap block smaller than its {VALUES_AT}-byte header and masks")
+    _, sizes = _check_buffers(w)
     nz, _ = _read_heads(w, legacy=True)
     if not torch.equal(sizes, block_bytes(nz.sum(1))):
         fail("bitmap block size disagrees with its popcount (values missing or extra)")
     return decode(w, legacy=True)
 
 
-def validate(w: SparseWeight) -> None:
+def _check_buffers(w: SparseWeight) -> tuple[int, torch.Tensor]:
+    """(block count, block sizes), once the buffers are safe to index (dtype, offsets, header room)."""
     data, ptr = w.tensors["data"], w.tensors["block_ptr"]
     nb = math.prod(block_grid(w.shape))
     if data.dtype != torch.uint8 or data.dim() != 1:
@@ -134,6 +128,12 @@ def validate(w: SparseWeight) -> None:
     sizes = ptr[1:] - ptr[:-1]
     if bool((sizes < VALUES_AT).any()):
         fail(f"bitmap block smaller than its {VALUES_AT}-byte header and masks")
+    return nb, sizes
+
+
+def validate(w: SparseWeight) -> None:
+    data = w.tensors["data"]
+    nb, sizes = _check_buffers(w)
     nz, ends = _read_heads(w)
     counted = nz.view(nb, STRIPS, -1).sum(-1).cumsum(-1)
     if not torch.equal(counted, ends[:, :STRIPS]) or bool((ends[:, STRIPS:] != 0).any()):

@@ -183,10 +183,11 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     dev = x.device.index
     sms, cap = _device_props(dev)
     bf16 = w.dtype == torch.bfloat16
-    kernel = jit.get_kernel(cfg.name(w.format, bf16), dev, cap)
+    name = cfg.name(w.format, bf16)
+    kernel = jit.get_kernel(name, dev, cap)
     mb, kb = block_grid((m, k))
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
-    if cfg.cluster and not _clusters_fit(cfg.name(w.format, bf16), dev, grid, cfg.smem, cfg.split):
+    if cfg.cluster and not _clusters_fit(name, dev, grid, cfg.smem, cfg.split):
         cfg = replace(cfg, cluster=False)  # this GPU (partition) cannot place one: the reduce kernel
     partial = (torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device)
                if cfg.split > 1 and not cfg.cluster else None)

@@ -19,25 +19,29 @@ from sparse_weights import assert_same_numbers, make_weight, weights
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _fragment_order() -> list[tuple[int, int, int, int, int]]:
+def _fragment_order(legacy: bool = False) -> list[tuple[int, int, int, int, int]]:
     """(strip s, mask word, bit, row, col) of each block element, in stored value order: strip, fragment f,
-    register q, half h, lane hl in the half, element e."""
+    register q, half h, lane hl in the half, element e.  legacy (format version 1): (stream 2s + h, mask
+    word, bit, row, col) in the order strip, half, fragment, register, lane, element."""
     out = []
     for s in range(4):
-        for f in range(4):
-            for q in range(4):
-                for h in range(2):
+        for a in range(4 if not legacy else 2):
+            for b in range(4):
+                for c in range(2 if not legacy else 4):
+                    f, q, h = (a, b, c) if not legacy else (b, c, a)
                     for hl in range(16):
                         for e in range(2):
                             lane = 16 * h + hl
                             g, t = lane // 4, lane % 4
                             row = 16 * s + g + 8 * (q & 1)
                             col = 16 * f + 2 * t + e + 8 * (q >> 1)
-                            out.append((s, ((s * 4 + f) * 2 + h) * 4 + q, 2 * hl + e, row, col))
+                            out.append((2 * s + h if legacy else s, ((s * 4 + f) * 2 + h) * 4 + q, 2 * hl + e,
+                                        row, col))
     return out
 
 
 FRAGMENT_ORDER = _fragment_order()
+LEGACY_ORDER = _fragment_order(legacy=True)
 
 
 def bitmap_decode_by_the_doc(sw) -> np.ndarray:
@@ -77,19 +81,11 @@ def bitmap_encode_v1_by_the_doc(w: torch.Tensor) -> dict[str, torch.Tensor]:
         r0, c0 = (b // kb) * BLOCK, (b % kb) * BLOCK
         masks = np.zeros(128, dtype=np.uint32)
         streams = [[] for _ in range(8)]
-        for s in range(4):
-            for h in range(2):
-                for f in range(4):
-                    for q in range(4):
-                        for hl in range(16):
-                            for e in range(2):
-                                lane = 16 * h + hl
-                                row = 16 * s + lane // 4 + 8 * (q & 1)
-                                col = 16 * f + 2 * (lane % 4) + e + 8 * (q >> 1)
-                                v = padded[r0 + row, c0 + col]
-                                if v != 0 and v != np.int16(-32768):  # +-0 are zeros
-                                    masks[((s * 4 + f) * 2 + h) * 4 + q] |= np.uint32(1 << (2 * hl + e))
-                                    streams[2 * s + h].append(v)
+        for stream, word, bit, row, col in LEGACY_ORDER:
+            v = padded[r0 + row, c0 + col]
+            if v != 0 and v != np.int16(-32768):  # +-0 are zeros
+                masks[word] |= np.uint32(1 << bit)
+                streams[stream].append(v)
         ends = np.cumsum([len(st) for st in streams]).astype("<i2")
         values = np.array([v for st in streams for v in st], dtype="<i2")
         values = np.concatenate([values, np.zeros(-len(values) % 8, dtype="<i2")])
