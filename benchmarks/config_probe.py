@@ -2,8 +2,11 @@
 
 usage: python benchmarks/config_probe.py FORMAT 'spw=4;spw=4,split=8;...'
 env: SHAPES=27648x9216,9216x9216 NS=8,16,32 SPARSITIES=0.8   (the first config column is the heuristic's)
+     REPS=3: time every config (and cuBLAS) that many times, interleaved, and report medians - single runs
+     on one machine differ by up to ~6 %, more than many config changes gain.
 """
 import os
+import statistics
 import sys
 
 import torch
@@ -28,16 +31,28 @@ for m, k in shapes:
         for n in map(int, os.environ.get("NS", "8,16,32").split(",")):
             x = torch.randn(n, k, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.float().T
-            t_dense = time_graph([lambda d=d: F.linear(x, d) for d in dcopies])
-            cells = []
+            reps = int(os.environ.get("REPS", "1"))
+            fns = []
             for cfg in configs:
                 try:
                     y = dispatch.spmm_kernel(x, sw, **cfg)
                 except ValueError:  # a forced config this weight cannot take (e.g. its ring is too small)
-                    cells.append(f"{','.join(f'{a}{b}' for a, b in cfg.items())} n/a")
+                    fns.append(None)
                     continue
                 err = rel_err(y, ref)
                 assert err < 2e-3, (cfg, err)
-                t = time_graph([lambda c=c: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
-                cells.append(f"{','.join(f'{a}{b}' for a, b in cfg.items()) or 'auto'} {t_dense / t:.2f}x")
+                fns.append([lambda c=c, cfg=cfg: dispatch.spmm_kernel(x, c, **cfg) for c in copies])
+            dense_fns = [lambda d=d: F.linear(x, d) for d in dcopies]
+            times = [[] for _ in configs]
+            dense_times = []
+            for _ in range(reps):  # interleaved, so drifting clocks touch every config alike
+                dense_times.append(time_graph(dense_fns))
+                for i, f in enumerate(fns):
+                    if f is not None:
+                        times[i].append(time_graph(f))
+            t_dense = statistics.median(dense_times)
+            cells = []
+            for cfg, f, ts in zip(configs, fns, times):
+                label = ",".join(f"{a}{b}" for a, b in cfg.items()) or "auto"
+                cells.append(f"{label} n/a" if f is None else f"{label} {t_dense / statistics.median(ts):.2f}x")
             print(f"{m}x{k} {sp:.0%} N={n:2d} cuBLAS {t_dense:6.1f} | " + " | ".join(cells), flush=True)

@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration", metavar="FILE",
                          help="text file, one calibration sample per line (needed by wanda and sparsegpt)")
     convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap", "sell", "pairmap"), default="auto",
-                         help="compressed format (default auto: sell from 85%% sparsity, pairmap from 65%%, else "
-                              "the smaller of bitmap and tiled_csl, per layer)")
+                         help="compressed format (default auto: pairmap from 65%% sparsity, else the smaller of "
+                              "bitmap and tiled_csl, per layer; sell from 85%% with --max-tokens <= 16)")
+    convert.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                         help="the most tokens a forward will multiply (e.g. the decode batch), for --format auto")
     convert.add_argument("--exclude", action="append", metavar="PATTERN",
                          help="layers to leave dense, fnmatch on module names; repeatable (default: lm_head)")
     convert.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
@@ -110,7 +112,7 @@ def run_convert(args) -> int:
     model = from_pretrained(args.model_dir, device=_device(args.device), dtype=_dtype(args.dtype),
                             sparsity_threshold=None)
     report = sparsify_(model, sparsity=args.sparsity, method=method, calibration=calibration,
-                       format=args.format, exclude=tuple(args.exclude or ("lm_head",)),
+                       format=args.format, max_tokens=args.max_tokens, exclude=tuple(args.exclude or ("lm_head",)),
                        tokenizer=tokenizer, progress=True)
     save_pretrained(model, args.out_dir, max_shard_size=args.max_shard_size, tokenizer=tokenizer)
     print(report)

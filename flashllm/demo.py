@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     print()
     print(format_table(rows))
     print()
-    print("* = what format=\"auto\" picks (sell from 85% sparsity, pairmap from 65%, else the smaller of bitmap and tiled_csl).  B/elt: compressed bytes per weight element (dense fp16: 2).")
+    print("* = what format=\"auto\" picks (pairmap from 65% sparsity, else the smaller of bitmap and tiled_csl; sell from 85% for <= 16 tokens a call).  B/elt: compressed bytes per weight element (dense fp16: 2).")
     print(f"spmm rel err: max |spmm(x, W) - x @ W^T| / max |x @ W^T| for {args.tokens} random fp16 tokens, "
           "reference in fp64.")
     print(f"done in {time.perf_counter() - start:.1f} s (encode timings: flashllm bench encode)")

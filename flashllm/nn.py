@@ -58,17 +58,19 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, format: str = "auto",
-                   dtype: torch.dtype | None = None) -> "SparseLinear":
-        """weight [out, in] already holding its zeros; nothing is pruned here."""
+                   dtype: torch.dtype | None = None, max_tokens: int | None = None) -> "SparseLinear":
+        """weight [out, in] already holding its zeros; nothing is pruned here.  max_tokens: see compress."""
         dtype = dtype or (weight.dtype if weight.dtype in _STORED_DTYPES else torch.float16)
-        return cls(flashllm.compress(weight.detach(), format=format, dtype=dtype), bias)
+        return cls(flashllm.compress(weight.detach(), format=format, dtype=dtype, max_tokens=max_tokens), bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, format: str = "auto", dtype: torch.dtype | None = None) -> "SparseLinear":
+    def from_linear(cls, linear: nn.Module, format: str = "auto", dtype: torch.dtype | None = None,
+                    max_tokens: int | None = None) -> "SparseLinear":
         """Compress an nn.Linear (or GPT-2 Conv1D) as it is. The bias Parameter is shared, not copied."""
         if not is_linear_like(linear):
             raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(linear).__name__}")
-        return cls.from_dense(dense_weight_of(linear).contiguous(), linear.bias, format=format, dtype=dtype)
+        return cls.from_dense(dense_weight_of(linear).contiguous(), linear.bias, format=format, dtype=dtype,
+                              max_tokens=max_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return flashllm.spmm(x, self.weight, self.bias)  # the kernel adds the bias before rounding

@@ -88,6 +88,7 @@ def sparsify_(
     tokenizer=None,
     progress: bool = True,
     dtype: torch.dtype | None = None,
+    max_tokens: int | None = None,
 ) -> SparsifyReport:
     """Prune every matching nn.Linear / GPT-2 Conv1D of `model` and replace it by a SparseLinear.
 
@@ -99,6 +100,8 @@ def sparsify_(
     include / exclude: fnmatch patterns on qualified module names; a pattern also matches any
         dotted tail of the name ("lm_head" matches "model.lm_head", "*.q_proj" every q_proj).
     dtype: 16-bit type to store values in (default: the layer's own fp16/bf16, fp16 for fp32).
+    max_tokens: the most tokens one forward will multiply (e.g. the decode batch), if known: with
+        format="auto" and <= 16, layers from 85% sparsity take sliced ELL (see flashllm.compress).
 
     A linear whose weight Parameter is shared with another module (e.g. lm_head tied to the
     embeddings) is left dense with a warning; a module registered under several names is swapped
@@ -126,7 +129,8 @@ def sparsify_(
         t0 = time.perf_counter()
         dense = dense_weight_of(module)
         pruned = _prune(name, dense, layer_sparsity, method, stats)
-        new = SparseLinear.from_dense(pruned.contiguous(), module.bias, format=format, dtype=dtype)
+        new = SparseLinear.from_dense(pruned.contiguous(), module.bias, format=format, dtype=dtype,
+                                      max_tokens=max_tokens)
         # Until the swap, the dense layer computes with exactly the values the sparse one stores, so
         # calibration re-runs of its block see the pruned model (and stay on the fast dense path).
         dense.copy_(new.weight.to_dense())

@@ -233,7 +233,7 @@ def run_sparse(args, prompts, a, device, dtype, copy_bw, sparsity) -> list[dict]
     free_memory(device)
     try:
         model, built = random_model(args, sparsity=sparsity, format=a.format, device=device, dtype=dtype, seed=0,
-                                    fuse=a.fuse, **tp_kwargs(a))
+                                    fuse=a.fuse, max_tokens=max(a.batch), **tp_kwargs(a))
     except torch.OutOfMemoryError as e:
         free_memory(device)
         return [row(f"sparse-{sparsity:.0%}", sparsity, a.format, b, a, note=f"build out of memory: {e}"[:160])
@@ -340,7 +340,8 @@ def parse_args(argv):
     ap.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
     ap.add_argument("--sparsities", default="0.5,0.7,0.8,0.9", help="sparse variants (default 0.5,0.7,0.8,0.9)")
     ap.add_argument("--format", default="auto", choices=("auto", *FORMATS),
-                    help="compressed format (auto: sell from 85%% sparsity, pairmap from 65%%, else the smaller of bitmap and tiled_csl)")
+                    help="compressed format (auto: pairmap from 65%% sparsity, else the smaller of bitmap and tiled_csl; "
+                         "sell from 85%% when the largest batch is <= 16)")
     ap.add_argument("--variants", default="hf,dense,sparse", help="any of hf,dense,sparse (default all)")
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     ap.add_argument("--device", default=None, help="cuda (default when available), cuda:1, cpu (smoke runs)")

@@ -148,14 +148,15 @@ class BuildReport:
 def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "auto", device=None,
                  dtype: torch.dtype = torch.float16, seed: int = 0, n_layers: int | None = None,
                  std: float = 0.02, progress: bool = False, tp_rank: int = 0, tp_world: int | None = None,
-                 tp_group=None, fuse: bool = True) -> tuple[Transformer, BuildReport]:
+                 tp_group=None, fuse: bool = True, max_tokens: int | None = None) -> tuple[Transformer, BuildReport]:
     """A model with N(0, std) weights; with sparsity > 0, each block linear is pruned by a uniformly
     random mask and compressed where it was drawn, before the next one is drawn, so peak memory is
     the compressed model plus one dense layer. lm_head and the embeddings stay dense.
 
     tp_world: build only rank tp_rank's part of a tensor-parallel model (see `tp.py`); its block
     weights are drawn per KV-head-sized unit, the same for every tp_world (1 included), so they
-    differ from those of tp_world=None for the same seed."""
+    differ from those of tp_world=None for the same seed.  max_tokens: the largest decode batch it
+    will run, for format="auto" (see flashllm.compress)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     args = preset(args, n_layers) if isinstance(args, str) else (args.replace(n_layers=n_layers) if n_layers else args)
@@ -180,7 +181,8 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
             dense_bytes += module.bias.numel() * dtype.itemsize if module.bias is not None else 0
             if sparsity > 0 and name.startswith("layers."):
                 w = draw(name, sparsity) if draw is not None else None
-                layer = _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std, w)
+                layer = _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std, w,
+                                              max_tokens)
                 formats[layer.weight.format] = formats.get(layer.weight.format, 0) + 1
                 zeros += layer.weight.shape[0] * layer.weight.shape[1] - layer.weight.nnz
                 elements += layer.weight.shape[0] * layer.weight.shape[1]
@@ -214,7 +216,8 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
     return model.eval(), report
 
 
-def _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std, w=None) -> SparseLinear:
+def _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, gen, std, w=None,
+                          max_tokens=None) -> SparseLinear:
     shape = module.weight.shape
     if w is None:  # else drawn and pruned already (a tensor-parallel shard)
         w = torch.randn(shape, device=device, dtype=dtype, generator=gen).mul_(std)
@@ -223,7 +226,7 @@ def _random_sparse_linear(module, sparsity, format, device, dtype, value_dtype, 
                        generator=gen)
         w.mul_(u >= sparsity)
         del u
-    sw = compress(w, format=format, dtype=value_dtype)
+    sw = compress(w, format=format, dtype=value_dtype, max_tokens=max_tokens)
     del w
     bias = _param(torch.zeros(module.bias.shape, device=device, dtype=dtype)) if module.bias is not None else None
     return SparseLinear(sw, bias)

@@ -36,19 +36,27 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
     return {f: sizes[f] for f in formats}
 
 
-# From this sparsity on, "auto" takes sliced ELL: its CUDA-core kernel is the fastest at decode sizes
-# (N <= 16) there - on an H100, 1.2-1.6x Tiled-CSL at 90% (benchmarks/results/sell_probe_*).
+# From this sparsity on, "auto" takes sliced ELL - only for a caller that multiplies at most
+# SELL_MAX_TOKENS tokens a call (max_tokens): its CUDA-core kernel is the fastest there at decode sizes
+# (12 paper shapes, 90 %, N = 8: 3.29x cuBLAS on an H100 against the pair bitmap's 2.64x), but its cost
+# grows with every token, so it falls behind the pair bitmap from 32 tokens (H200: 0.87 vs 1.27x) and
+# to 0.36-0.83x cuBLAS at 64 (benchmarks/results/kernel_*_2026-11-22_s6b.json).
 SELL_MIN_SPARSITY = 0.85
-# Below that, from this sparsity on, the pair bitmap: its decode costs half the bitmap's, which outweighs
-# its ~50% more bytes (H200, 12 paper shapes, N <= 32: 1.42x / 1.60x cuBLAS at 70 / 80% against the
-# bitmap's 1.12x / 1.14x; level at 60%, slower at 50%).  Below it, the smaller of bitmap and Tiled-CSL.
+SELL_MAX_TOKENS = 16
+# From this sparsity on, the pair bitmap: its decode costs half the bitmap's, which outweighs its ~50%
+# more bytes (H200, 12 paper shapes, N <= 32: 1.42x / 1.60x cuBLAS at 70 / 80% against the bitmap's
+# 1.12x / 1.14x; level at 60%, slower at 50%).  Below it, the smaller of bitmap and Tiled-CSL.
 PAIRMAP_MIN_SPARSITY = 0.65
 
 
-def auto_format(weight: torch.Tensor) -> str:
-    """The format `compress(weight, "auto")` picks (see SELL_MIN_SPARSITY, PAIRMAP_MIN_SPARSITY)."""
+def auto_format(weight: torch.Tensor, max_tokens: int | None = None) -> str:
+    """The format `compress(weight, "auto", max_tokens=...)` picks (see SELL_MIN_SPARSITY and
+    PAIRMAP_MIN_SPARSITY).  max_tokens: the most tokens (rows of x) one call will multiply, if known."""
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (or None: unknown), got {max_tokens}")
     nz = int((weight != 0).sum())
-    if nz <= (1 - SELL_MIN_SPARSITY) * weight.numel():
+    few_tokens = max_tokens is not None and max_tokens <= SELL_MAX_TOKENS
+    if few_tokens and nz <= (1 - SELL_MIN_SPARSITY) * weight.numel():
         return "sell"
     if nz <= (1 - PAIRMAP_MIN_SPARSITY) * weight.numel():
         return "pairmap"
@@ -56,12 +64,15 @@ def auto_format(weight: torch.Tensor) -> str:
     return min(sizes, key=sizes.get)
 
 
-def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | None = None) -> SparseWeight:
+def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | None = None,
+             max_tokens: int | None = None) -> SparseWeight:
     """Compress a weight [M, K] that already holds its zeros (compress never prunes).
 
-    format: "tiled_csl", "bitmap", "sell", "pairmap" or "auto": sliced ELL from 85% sparsity on (the
-    fastest at decode sizes there), the pair bitmap from 65%, else the smaller of bitmap and Tiled-CSL.
+    format: "tiled_csl", "bitmap", "sell", "pairmap" or "auto": the pair bitmap from 65% sparsity on,
+    else the smaller of bitmap and Tiled-CSL; sliced ELL from 85% when max_tokens <= 16.
     dtype: the 16-bit dtype to store values in; fp16/bf16 weights keep theirs, fp32 needs it.
+    max_tokens: the most tokens (rows of x) one call will multiply (e.g. the decode batch), if known;
+    only "auto" reads it.
     """
     check_weight(weight)
     if format != "auto":
@@ -69,7 +80,7 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
     value_dtype = value_dtype_for(weight.dtype, dtype)
     weight = weight.detach()
     if format == "auto":
-        format = auto_format(weight.to(value_dtype))
+        format = auto_format(weight.to(value_dtype), max_tokens)
     codec = codec_for(format)
     # Encode slabs of whole 64-row blocks: the gathers then stay cache-sized (2-4x faster on a CPU)
     # and the temporaries stay small on a GPU.  Blocks are row-block-major, so slabs just concatenate.
@@ -82,4 +93,4 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
 
 CHUNK_ELEMENTS = 1 << 23
 
-__all__ = ["SELL_MIN_SPARSITY", "PAIRMAP_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "auto_format", "FORMATS"]
+__all__ = ["SELL_MIN_SPARSITY", "SELL_MAX_TOKENS", "PAIRMAP_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "auto_format", "FORMATS"]

@@ -103,9 +103,7 @@ def test_auto_picks_by_sparsity_else_the_smaller(case):
     sizes = {fmt: compress(w, fmt).nbytes for fmt in FORMATS}
     auto = compress(w)  # format="auto" is the default
     assert flashllm.formats.predicted_nbytes(w) == sizes
-    if (w != 0).sum() <= (1 - flashllm.formats.SELL_MIN_SPARSITY) * w.numel():
-        assert auto.format == "sell"
-    elif (w != 0).sum() <= (1 - flashllm.formats.PAIRMAP_MIN_SPARSITY) * w.numel():
+    if (w != 0).sum() <= (1 - flashllm.formats.PAIRMAP_MIN_SPARSITY) * w.numel():
         assert auto.format == "pairmap"
     else:
         assert auto.format in ("bitmap", "tiled_csl")
@@ -115,11 +113,27 @@ def test_auto_picks_by_sparsity_else_the_smaller(case):
 
 
 def test_auto_choice_follows_sparsity():
-    # bitmap costs 2 bytes/non-zero + 1/8 per element; Tiled-CSL 4 bytes/non-zero; pairmap from 65%, sell from 85%
+    # bitmap costs 2 bytes/non-zero + 1/8 per element; Tiled-CSL 4 bytes/non-zero; pairmap from 65%
     assert compress(make_weight(128, 128, 0.5, seed=6), "auto").format == "bitmap"
     assert compress(make_weight(128, 128, 0.6, seed=6), "auto").format == "bitmap"
     assert compress(make_weight(128, 128, 0.8, seed=6), "auto").format == "pairmap"
-    assert compress(make_weight(128, 128, 0.9, seed=6), "auto").format == "sell"
+    assert compress(make_weight(128, 128, 0.9, seed=6), "auto").format == "pairmap"
+
+
+@pytest.mark.parametrize("max_tokens, sparsity, expected", [
+    (None, 0.9, "pairmap"), (1, 0.9, "sell"), (16, 0.9, "sell"), (17, 0.9, "pairmap"), (64, 0.9, "pairmap"),
+    (8, 0.8, "pairmap"), (8, 0.5, "bitmap")])
+def test_auto_takes_sell_only_for_few_tokens(max_tokens, sparsity, expected):
+    # sliced ELL's cost grows with every token: from 85% it is "auto"'s choice only for <= 16 tokens a call
+    w = make_weight(128, 128, sparsity, seed=6)
+    assert compress(w, "auto", max_tokens=max_tokens).format == expected
+    assert flashllm.formats.auto_format(w, max_tokens) == expected
+    assert compress(w, "bitmap", max_tokens=8).format == "bitmap"  # an explicit format ignores the hint
+
+
+def test_auto_rejects_a_token_count_below_one():
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        compress(make_weight(64, 64, 0.9, seed=6), "auto", max_tokens=0)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
