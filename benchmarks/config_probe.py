@@ -4,6 +4,7 @@ usage: python benchmarks/config_probe.py FORMAT 'spw=4;spw=4,split=8;...'
 env: SHAPES=27648x9216,9216x9216 NS=8,16,32 SPARSITIES=0.8   (the first config column is the heuristic's)
      REPS=3: time every config (and cuBLAS) that many times, interleaved, and report medians - single runs
      on one machine differ by up to ~6 %, more than many config changes gain.
+     AUTO=0: leave out the heuristic's column (e.g. to time an older kernel source that lacks what it picks).
 """
 import os
 import statistics
@@ -18,7 +19,7 @@ from flashllm.bench.timing import copies_to_defeat_l2, time_graph
 from flashllm.kernels import dispatch
 
 fmt = sys.argv[1]
-configs = [{}] + [{kv.split("=")[0]: int(kv.split("=")[1]) for kv in c.split(",")} for c in sys.argv[2].split(";") if c]
+configs = ([{}] if os.environ.get("AUTO", "1") != "0" else []) + [{kv.split("=")[0]: int(kv.split("=")[1]) for kv in c.split(",")} for c in sys.argv[2].split(";") if c]
 shapes = [tuple(map(int, s.split("x"))) for s in os.environ.get("SHAPES", "27648x9216,9216x9216").split(",")]
 torch.manual_seed(0)
 for m, k in shapes:
