@@ -24,6 +24,8 @@ SPW_CHOICES = (1, 2)      # what choose_config picks (sweeps may force others)
 NT_CHOICES = (1, 2, 4, 8)
 STAGE_CHOICES = (2, 3, 4)
 MAX_CLUSTER = 8  # the portable cluster size (csrc/spmm.cu MAX_CLUSTER)
+DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu DECOMPRESS_KPER)
+DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
 MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multiplied by cuBLAS (measured crossover)
 
 
@@ -74,8 +76,9 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - split: K slices, 8 (4 at N = 64), each streaming >= 12 blocks: many small CTAs keep every
       SM's schedulers busy, which matters more than the fp32 partials they write.
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
-    The pair bitmap, and the bitmap up to 16 tokens, take spw 2 and a one-wave split (wave_split); the pair
-    bitmap from 32 tokens on Hopper 8 slices summed in a cluster (CLUSTER_RULE).  Overrides (sweeps, tests)
+    The pair bitmap, and the bitmap up to 16 tokens, take spw 2 and a one-wave split (wave_split); on Hopper
+    the pair bitmap from 32 tokens, and the bitmap at 17-32 tokens from 16384 rows, 8 slices summed in a
+    cluster (CLUSTER_RULE).  Overrides (sweeps, tests)
     may fix any of spw, stages, split, wg, nt (n8 tiles per CTA) and cluster.
     """
     mb, kb = block_grid((m, k))
@@ -107,9 +110,10 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     if stages is None:
         stages = 2
     one_wave = wave_split(-(-mb // spw) * n_tiles, kb, nt, sms) if wave else None
-    cluster_rule = (fmt == "pairmap" and nt >= 4 and hopper and not pipelined and cluster is not False
-                    and split is None and kb >= 12 * MAX_CLUSTER
-                    and (one_wave <= MAX_CLUSTER or kb < 64 * one_wave))  # see CLUSTER_RULE
+    may_cluster = hopper and not pipelined and cluster is not False and split is None and kb >= 12 * MAX_CLUSTER
+    cluster_rule = may_cluster and (  # see CLUSTER_RULE
+        (fmt == "pairmap" and nt >= 4 and (one_wave <= MAX_CLUSTER or kb < 64 * one_wave))
+        or (fmt == "bitmap" and nt == 4 and mb >= CLUSTER_MIN_ROW_BLOCKS))
     if cluster_rule:
         split = MAX_CLUSTER
     if split is None and wave:
@@ -142,6 +146,11 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
 # slices of 70 blocks: 1.67 -> 1.56x at 70 %, N = 32), are what the 64-block bound leaves out.  Clusters
 # elsewhere lost: with the one-wave split (3-6 slices a tile) at N = 8 up to 24 % (21504x7168 90 %: 2.62 ->
 # 2.00x), and for the bitmap at N = 32 7-12 % on small-M shapes - a cluster's CTAs must be resident at once.
+# The bitmap at 17-32 tokens takes them from 16384 rows (CLUSTER_MIN_ROW_BLOCKS): on an H100 (config_probe.py
+# bitmap 'cluster=1', REPS=3, 12 paper shapes x 50/60 %, benchmarks/results/cluster32_*) every shape from
+# 21504 rows gained or held (0 to +16 %: 28672x7168 50 % 1.13 -> 1.31x), and those of 7168-12288 rows lost
+# up to 13 % but one (12288x12288 50 %: +15 %, 60 %: -2 %).
+CLUSTER_MIN_ROW_BLOCKS = 256
 
 
 def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
@@ -306,9 +315,13 @@ def decompress_cuda(w: SparseWeight, mb0: int = 0, mb1: int | None = None) -> to
     dev = w.device.index
     _, cap = _device_props(dev)
     data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
+    stage = -(-w.max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
+    smem = DECOMPRESS_STAGES * stage + BLOCK * BLOCK * 2 + (THREADS // 32) * 128  # the ring, dense tile, popcounts
     with torch.cuda.device(w.device):
         kernel = jit.get_kernel(f"decompress<{_BLOCK_FORMATS.index(w.format)}>", dev, cap)
-        kernel.launch_args((kb, mb1 - mb0, 1), (THREADS, 1, 1), torch.cuda.current_stream(w.device).cuda_stream,
+        kernel.allow_smem(smem)
+        kernel.launch_args((-(-kb // DECOMPRESS_KPER), mb1 - mb0, 1), (THREADS, 1, 1),
+                           torch.cuda.current_stream(w.device).cuda_stream,
                            [data.data_ptr(), ptr.data_ptr(), out.data_ptr(), ctypes.c_int(mb0), ctypes.c_int(rows),
-                            ctypes.c_int(k), ctypes.c_int(kb)])
+                            ctypes.c_int(k), ctypes.c_int(kb), ctypes.c_int(stage)], smem=smem)
     return out
