@@ -78,8 +78,8 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     - wg: on Hopper (`hopper`, sm_90a), wgmma instead of mma.sync (see WGMMA_RULE).
     The pair bitmap, and the bitmap up to 16 tokens, take spw 2 and a one-wave split (wave_split); on Hopper
     the pair bitmap from 32 tokens, and the bitmap at 17-32 tokens from 16384 rows, 8 slices summed in a
-    cluster (CLUSTER_RULE).  Overrides (sweeps, tests)
-    may fix any of spw, stages, split, wg, nt (n8 tiles per CTA) and cluster.
+    cluster (CLUSTER_RULE); at 33-64 tokens see WAVE_AT_64.  Overrides (sweeps, tests) may fix any of spw,
+    stages, split, wg, nt (n8 tiles per CTA) and cluster.
     """
     mb, kb = block_grid((m, k))
     if nt is None:
@@ -110,6 +110,10 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
     if stages is None:
         stages = 2
     one_wave = wave_split(-(-mb // spw) * n_tiles, kb, nt, sms) if wave else None
+    if fmt == "pairmap" and nt == 8 and split is None and hopper:  # see WAVE_AT_64 (measured on Hopper only)
+        fits = RESIDENT_AT_64 * sms // -(-mb // spw)
+        if 4 <= fits < MAX_CLUSTER:
+            split, cluster = fits, False if cluster is None else cluster
     may_cluster = hopper and not pipelined and cluster is not False and split is None and kb >= 12 * MAX_CLUSTER
     cluster_rule = may_cluster and (  # see CLUSTER_RULE
         (fmt == "pairmap" and nt >= 4 and (one_wave <= MAX_CLUSTER or kb < 64 * one_wave))
@@ -151,6 +155,14 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
 # 21504 rows gained or held (0 to +16 %: 28672x7168 50 % 1.13 -> 1.31x), and those of 7168-12288 rows lost
 # up to 13 % but one (12288x12288 50 %: +15 %, 60 %: -2 %).
 CLUSTER_MIN_ROW_BLOCKS = 256
+
+# WAVE_AT_64: the pair bitmap at 33-64 tokens (128 registers: 4 resident CTAs per SM) whose 8 slices would
+# spill into a second, partial wave of CTAs but whose 4-7 would not, takes that many slices, summed by the
+# reduce kernel.  Measured on an H100 (config_probe.py pairmap 'split=4;split=4,cluster=1;split=6,...', REPS=3,
+# 12 paper shapes x 70/80/90 %, benchmarks/results/n64_probe_H100_2026-11-22.txt): the 8-slice clusters
+# took 0.87-0.93x cuBLAS on 9216x9216 (576 CTAs for 528 places) against 1.06-1.08x with 6 slices, and
+# 1.10-1.14x on 12288x12288 against 1.21-1.31x with 4 (without a cluster: 1.02-1.06x with one).
+RESIDENT_AT_64 = 4
 
 
 def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:

@@ -56,14 +56,35 @@ def test_config_heuristic_is_valid():
                 assert cfg.name(fmt, False) in dispatch.all_variants()
 
 
-def test_cluster_rule_only_for_pairmap_from_32_tokens():
-    """The default config takes a cluster only where it was measured to pay (dispatch.CLUSTER_RULE)."""
+def test_cluster_rule_only_where_measured_to_pay():
+    """The default config takes a cluster only where it was measured to pay (dispatch.CLUSTER_RULE): the pair
+    bitmap from 32 tokens, the bitmap at 17-32 tokens from 16384 rows; never off Hopper."""
     on = dispatch.choose_config("pairmap", 9216, 9216, 32, 2000, 132, hopper=True)
     assert on.cluster and on.split == dispatch.MAX_CLUSTER
-    for fmt, n, hopper in (("pairmap", 16, True), ("pairmap", 32, False), ("bitmap", 32, True)):
-        assert not dispatch.choose_config(fmt, 9216, 9216, n, 2000, 132, hopper=hopper).cluster, (fmt, n, hopper)
+    big = dispatch.choose_config("bitmap", 21504, 7168, 32, 5000, 132, hopper=True)
+    assert big.cluster and big.split == dispatch.MAX_CLUSTER
+    for fmt, m, n, hopper in (("pairmap", 9216, 16, True), ("pairmap", 9216, 32, False), ("bitmap", 12288, 32, True),
+                              ("bitmap", 21504, 16, True), ("bitmap", 21504, 64, True), ("bitmap", 21504, 32, False)):
+        cfg = dispatch.choose_config(fmt, m, 9216, n, 2000, 132, hopper=hopper)
+        assert not cfg.cluster, (fmt, m, n, hopper)
     with pytest.raises(ValueError, match="cluster"):
         dispatch.choose_config("pairmap", 9216, 9216, 32, 2000, 132, hopper=True, split=12, cluster=True)
+
+
+def test_pairmap_at_64_tokens_keeps_one_wave():
+    """dispatch.WAVE_AT_64: where 8 slices of 4-resident CTAs would spill into a second wave but 4-7 would not,
+    the pair bitmap at 33-64 tokens takes that many slices (no cluster); elsewhere 8 slices in a cluster."""
+    places = dispatch.RESIDENT_AT_64 * 132
+    for m, split in ((9216, 7), (12288, 5)):
+        cfg = dispatch.choose_config("pairmap", m, 9216, 64, 2000, 132, hopper=True)
+        assert (cfg.split, cfg.cluster) == (split, False), m
+        ctas = -(-m // 64 // cfg.spw)
+        assert ctas * cfg.split <= places < ctas * dispatch.MAX_CLUSTER
+    for m in (7168, 27648):  # 8 slices fit one wave / even 4 would not
+        cfg = dispatch.choose_config("pairmap", m, 9216, 64, 2000, 132, hopper=True)
+        assert (cfg.split, cfg.cluster) == (dispatch.MAX_CLUSTER, True), m
+    assert dispatch.choose_config("pairmap", 9216, 9216, 64, 2000, 132, hopper=True, split=8).split == 8
+    assert dispatch.choose_config("pairmap", 9216, 9216, 64, 2000, 132).split == 4  # off Hopper: wave_split's
 
 
 def test_sell_config_heuristic_is_valid():
