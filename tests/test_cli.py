@@ -86,6 +86,14 @@ def test_convert_then_info_then_generate(model_dir, calibration, tmp_path, capsy
     assert text.startswith("w1 w2 w3") and len(text.split()) > 3
 
 
+@pytest.mark.parametrize("max_tokens, fmt", [([], "pairmap"), (["--max-tokens", "4"], "sell")])
+def test_convert_max_tokens_steers_the_auto_format(model_dir, tmp_path, max_tokens, fmt):
+    out_dir = tmp_path / "sparse"
+    assert main(["convert", str(model_dir), str(out_dir), "--sparsity", "0.9", "--method", "magnitude",
+                 "--device", "cpu", *max_tokens]) == 0
+    assert describe(out_dir)["format"] == fmt
+
+
 def test_convert_without_pruning_keeps_existing_zeros(model_dir, tmp_path, capsys):
     assert main(["convert", str(model_dir), str(tmp_path / "out"), "--method", "none", "--device", "cpu",
                  "--exclude", "lm_head", "--exclude", "*.mlp.*"]) == 0

@@ -104,6 +104,14 @@ def test_method_none_keeps_existing_zeros():
     assert relative_error(output(model, ids), before) <= 1e-5
 
 
+@pytest.mark.parametrize("max_tokens, fmt", [(None, "pairmap"), (8, "sell"), (64, "pairmap")])
+def test_max_tokens_steers_the_auto_format(max_tokens, fmt):
+    # at 90 % "auto" takes sliced ELL only for a model that multiplies at most 16 tokens a call
+    model = build("llama")
+    report = sparsify_(model, 0.9, "magnitude", max_tokens=max_tokens, progress=False)
+    assert {row.format for row in report} == {fmt}
+
+
 def test_sparsity_mapping_include_and_exclude():
     model = build("llama")
     sparsify_(model, {"*": 0.5, "*.mlp.*": 0.75}, "magnitude", exclude=("lm_head", "*.v_proj"), progress=False)
