@@ -153,7 +153,7 @@ def choose_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: i
 # The bitmap at 17-32 tokens takes them from 16384 rows (CLUSTER_MIN_ROW_BLOCKS): on an H100 (config_probe.py
 # bitmap 'cluster=1', REPS=3, 12 paper shapes x 50/60 %, benchmarks/results/cluster32_*) every shape from
 # 21504 rows gained or held (0 to +16 %: 28672x7168 50 % 1.13 -> 1.31x), and those of 7168-12288 rows lost
-# up to 13 % but one (12288x12288 50 %: +15 %, 60 %: -2 %).
+# up to 13 % but one (12288x12288 50 %: +15 %, 60 %: -2 %).  On an H200 the rule measured level (-1 to +3 %).
 CLUSTER_MIN_ROW_BLOCKS = 256
 
 # WAVE_AT_64: the pair bitmap at 33-64 tokens (128 registers: 4 resident CTAs per SM) whose 8 slices would
@@ -161,7 +161,9 @@ CLUSTER_MIN_ROW_BLOCKS = 256
 # reduce kernel.  Measured on an H100 (config_probe.py pairmap 'split=4;split=4,cluster=1;split=6,...', REPS=3,
 # 12 paper shapes x 70/80/90 %, benchmarks/results/n64_probe_H100_2026-11-22.txt): the 8-slice clusters
 # took 0.87-0.93x cuBLAS on 9216x9216 (576 CTAs for 528 places) against 1.06-1.08x with 6 slices, and
-# 1.10-1.14x on 12288x12288 against 1.21-1.31x with 4 (without a cluster: 1.02-1.06x with one).
+# 1.10-1.14x on 12288x12288 against 1.21-1.31x with 4 (without a cluster: 1.02-1.06x with one).  The counts
+# the rule picks (7 slices for 9216 rows, 5 for 12288), checked on both GPUs: +5-36 % on the H100, +5-30 % on
+# the H200 on the four paper shapes it changes (benchmarks/results/n64_rule_H100_H200_2026-11-22.txt).
 RESIDENT_AT_64 = 4
 
 

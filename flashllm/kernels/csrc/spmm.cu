@@ -630,9 +630,10 @@ __global__ void splitk_reduce(const float* partial, u16* y, int split, i64 count
 // ---------------------------------------------------------------------------------------------
 // Decompression to dense (the large-N path: expand a chunk of rows, then cuBLAS).  A CTA expands KPER
 // consecutive 64x64 blocks of one row block: while it builds block i's dense tile in shared memory (the
-// same decode as the SpMM kernels) and writes it out row by row, block i+1's bytes are on their way
-// (cp.async, two stages).  One block per CTA with a synchronous load measured ~60 % of copy bandwidth
-// (12288x12288, 50 %, H100: 245-288 us for 472 MB).  rows/cols bound the chunk (M and K edges).
+// same decode as the SpMM kernels) and writes it out row by row, the next blocks' bytes are on their way
+// (a STAGES-deep cp.async ring).  One block per CTA with a synchronous load measured ~60 % of copy
+// bandwidth (12288x12288, 50 %, H100: 245-288 us for 472 MB; now 216-248 us).  rows/cols bound the chunk
+// (M and K edges).
 #define DECOMPRESS_KPER 8
 #define DECOMPRESS_STAGES 3
 template <int FMT>
