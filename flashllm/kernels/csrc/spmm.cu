@@ -299,6 +299,18 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, c
 // Tiled-CSL: scatter each word's value to its (pre-swizzled) location in a dense 64x64 tile.
 // The encoder dealt the words so that the 32 lanes of one 16-bit store usually hit 32 banks.
 
+// One block's `vectors` 16-byte units of words (value | tile offset << 16) at `words`, into `tile`.
+__device__ __forceinline__ void scatter_words(u32 words, int vectors, u32 tile) {
+  for (int v = threadIdx.x; v < vectors; v += THREADS) {
+    u32 w[4];
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(words + (v << 4)));
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+      asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(tile + ((w[i] >> 16) << 1)), "h"((u16)(w[i] & 0xFFFF)));
+  }
+}
+
 template <int SPW>
 __device__ __forceinline__ void scatter_csl(u32 stage, u32 dense, const Params& p, const i64* ptrs, int nk, int mt,
                                             int it) {
@@ -306,15 +318,7 @@ __device__ __forceinline__ void scatter_csl(u32 stage, u32 dense, const Params& 
   for (int j = 0; j < SPW; j++) {
     if (mt * SPW + j >= p.MB) break;
     int vectors = (int)(ptrs[j * (nk + 1) + it + 1] - ptrs[j * (nk + 1) + it]) >> 4;
-    u32 words = stage + j * p.stage_w_bytes, tile = dense + j * BLOCK * BLOCK * 2;
-    for (int v = threadIdx.x; v < vectors; v += THREADS) {
-      u32 w[4];
-      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                   : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(words + (v << 4)));
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-        asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(tile + ((w[i] >> 16) << 1)), "h"((u16)(w[i] & 0xFFFF)));
-    }
+    scatter_words(stage + j * p.stage_w_bytes, vectors, dense + j * BLOCK * BLOCK * 2);
   }
 }
 
@@ -672,15 +676,7 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
     const u32 st = ring + (i % DECOMPRESS_STAGES) * stage_bytes;
     if (CSL) {
       const i64 begin = ptrs[i] * unit;
-      const int vectors = (int)((ptrs[i + 1] * unit - begin) >> 4);
-      for (int v = threadIdx.x; v < vectors; v += THREADS) {
-        u32 w[4];
-        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(st + (v << 4)));
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-          asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(dense + ((w[j] >> 16) << 1)), "h"((u16)(w[j] & 0xFFFF)));
-      }
+      scatter_words(st, (int)((ptrs[i + 1] * unit - begin) >> 4), dense);
     } else {
       const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
       const BitmapLane L = bitmap_lane();
