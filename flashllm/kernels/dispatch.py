@@ -27,6 +27,11 @@ MAX_CLUSTER = 8  # the portable cluster size (csrc/spmm.cu MAX_CLUSTER)
 DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu DECOMPRESS_KPER)
 DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
 MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multiplied by cuBLAS (measured crossover)
+WIDE_THREADS = 256  # the wide kernel: two warpgroups (csrc/spmm.cu spmm_wide)
+WIDE_FORMATS = ("bitmap", "pairmap")
+WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
+WIDE_STAGES = {16: 6, 32: 4}  # ring depth: ~2 K of X tile per stage in flight either way
+WIDE_MIN_N, WIDE_MAX_N = 65, 4096  # token counts the wide kernel takes on sm_90a (see use_wide)
 
 
 class Params(ctypes.Structure):
@@ -48,10 +53,17 @@ class Config:
     smem: int
     wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
+    wide: bool = False  # the wide (prefill) kernel: 256 threads, two blocks, 128-256 tokens per CTA
 
     def name(self, fmt: str, bf16: bool) -> str:
         flag = lambda b: "true" if b else "false"  # noqa: E731
+        if self.wide:
+            return f"spmm_wide<{_BLOCK_FORMATS.index(fmt)},{self.nt},{self.stages},{flag(bf16)}>"
         return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{flag(bf16)},{flag(self.wg)}>"
+
+    @property
+    def threads(self) -> int:
+        return WIDE_THREADS if self.wide else THREADS
 
 
 def _device_props(index: int) -> tuple[int, tuple[int, int]]:
@@ -183,6 +195,57 @@ def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
     return max(1, min(most, fits))
 
 
+def use_wide(fmt: str, n: int, hopper: bool) -> bool:
+    """Whether `n` tokens go through the wide kernel (sm_90a, bitmap and pair bitmap)."""
+    return hopper and fmt in WIDE_FORMATS and WIDE_MIN_N <= n <= WIDE_MAX_N
+
+
+# The wide kernel's split-K model: one CTA per SM (194-246 registers x 256 threads), a stage (two 64x64
+# blocks times 8 * nt tokens) at the tensor cores' pace, fp32 partials through HBM for split > 1.
+WIDE_SM_FLOPS_PER_US = 6.0e6  # ~800 TFLOPS / 132 SMs of dense fp16 wgmma
+PARTIAL_BYTES_PER_US = 2.5e6  # the partials' write + the reduce kernel's read
+
+
+def wide_split(m: int, n: int, kb: int, tiles: int, nt: int, sms: int) -> int:
+    """K slices that minimize the modelled time: whole waves of one CTA per SM, plus the partials."""
+    stage_us = 2 * BLOCK * BLOCK * 8 * nt * 2 / WIDE_SM_FLOPS_PER_US
+
+    def cost(split: int) -> float:
+        per_slice = -(-kb // split)
+        waves = -(-tiles * -(-kb // per_slice) // sms)
+        return waves * per_slice * stage_us + (split * n * m * 8 / PARTIAL_BYTES_PER_US if split > 1 else 0.0)
+
+    return min(range(1, max(1, min(8, kb // 4)) + 1), key=cost)
+
+
+@functools.lru_cache(maxsize=1024)
+def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int, nt: int | None = None,
+                       stages: int | None = None, split: int | None = None) -> Config:
+    """The wide kernel's config: 128 tokens per CTA up to 128, else 256; split-K from wide_split."""
+    if fmt not in WIDE_FORMATS:
+        raise ValueError(f"the wide kernel decodes {WIDE_FORMATS}, not {fmt!r}")
+    mb, kb = block_grid((m, k))
+    nt = nt or (16 if n <= 128 else 32)
+    if nt not in WIDE_NT_CHOICES:
+        raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
+    stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
+    stage_bytes = -(-(nt * 8 * 128 + 2 * stage_w) // 1024) * 1024
+    tiles = -(-mb // 2) * -(-n // (8 * nt))
+    if split is None:
+        split = wide_split(m, n, kb, tiles, nt, sms)
+    kb_per_split = -(-kb // max(1, split))
+    split = -(-kb // kb_per_split)  # every slice keeps >= 1 block: the kernel's first stage needs one
+    # the ring (+1 KB to align it), per-warp scratch, the stage mbarriers, both blocks' offsets
+    fixed = 1024 + (WIDE_THREADS // 32) * 128 + 2 * (kb_per_split + 1) * 8
+    stages = stages or WIDE_STAGES[nt]
+    if fixed + stages * (stage_bytes + 8) > SMEM_PER_SM:
+        stages = 3  # the compiled fallback (all_variants)
+    smem = fixed + stages * (stage_bytes + 8)
+    if stages < 3 or smem > SMEM_PER_SM:
+        raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
+    return Config(2, nt, stages, split, kb_per_split, stage_w, smem, wg=True, wide=True)
+
+
 # n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
 # (medians over the 12 paper shapes, 50-90 %): Tiled-CSL's wgmma (A and B straight from shared memory,
 # no ldmatrix) is 5 % faster at N = 32 and level at N = 64; the pipelined bitmap wgmma kernel is 5 %
@@ -208,6 +271,8 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     bf16 = w.dtype == torch.bfloat16
     name = cfg.name(w.format, bf16)
     kernel = jit.get_kernel(name, dev, cap)
+    if cfg.wide and cfg.split > -(-block_grid((m, k))[1] // cfg.kb_per_split):
+        raise ValueError("every K slice of the wide kernel needs a block")  # its first stage overwrites acc
     mb, kb = block_grid((m, k))
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
     if cfg.cluster and not _clusters_fit(name, dev, grid, cfg.smem, cfg.split):
@@ -223,7 +288,7 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     if cfg.cluster:
         kernel.launch_cluster(grid, cfg.smem, stream, params, (1, 1, cfg.split))
     else:
-        kernel.launch(grid, cfg.smem, stream, params)
+        kernel.launch(grid, cfg.smem, stream, params, threads=cfg.threads)
     if partial is not None:
         launch_reduce(partial, y, cfg.split, bias, m, dev, cap, stream)
 
@@ -245,8 +310,15 @@ def config_for(w: SparseWeight, n: int, **overrides):
     sms, cap = _device_props(w.device.index)
     if w.format == "sell":
         return choose_sell_config(*w.shape, n, sms, **overrides)
-    return choose_config(w.format, *w.shape, n, w.max_block_bytes, sms, hopper=jit.arch_for(cap) == "sm_90a",
-                         **overrides)
+    hopper = jit.arch_for(cap) == "sm_90a"
+    wide = overrides.pop("wide", None)
+    if wide is None:
+        wide = use_wide(w.format, n, hopper) and not overrides
+    if wide:
+        if not hopper:
+            raise ValueError("the wide kernel needs sm_90a (Hopper)")
+        return choose_wide_config(w.format, *w.shape, n, w.max_block_bytes, sms, **overrides)
+    return choose_config(w.format, *w.shape, n, w.max_block_bytes, sms, hopper=hopper, **overrides)
 
 
 def prepare_x(x: torch.Tensor) -> torch.Tensor:
@@ -284,8 +356,11 @@ def spmm_cuda(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None
 
 def run(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
+    cap = _device_props(x.device.index)[1]
     limit = MAX_SELL_N if w.format == "sell" else MAX_KERNEL_N
-    if x.dtype != w.dtype or x.shape[0] > limit or _device_props(x.device.index)[1] < (8, 0):
+    if use_wide(w.format, x.shape[0], jit.arch_for(cap) == "sm_90a"):
+        limit = WIDE_MAX_N
+    if x.dtype != w.dtype or x.shape[0] > limit or cap < (8, 0):
         from .decompress import dense_matmul
         return dense_matmul(x, w, bias=bias)
     return spmm_kernel(x, w, bias)
@@ -310,6 +385,11 @@ def all_variants() -> list[str]:
                                 continue  # mma.sync only
                             if not (wg and fmt == "bitmap" and (spw != 1 or stages < 3)):
                                 names.append(Config(spw, nt, stages, 1, 1, 0, 0, wg).name(fmt, bf16))
+    for fmt in WIDE_FORMATS:
+        for bf16 in (False, True):
+            for nt in WIDE_NT_CHOICES:
+                for stages in sorted({3, WIDE_STAGES[nt]}):
+                    names.append(Config(2, nt, stages, 1, 1, 0, 0, True, wide=True).name(fmt, bf16))
     return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<0>", "decompress<1>", "decompress<2>"]
 
 

@@ -348,3 +348,61 @@ def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
     y = torch.full((n, m), float("nan"), device="cuda", dtype=torch.float16)
     dispatch._launch(x, sw, cfg, y, None)
     assert rel_err(y, x.float() @ w.float().T) < 2e-3
+
+
+# The wide (prefill) kernel: sm_90a, bitmap and pair bitmap, 65-4096 tokens.
+WIDE = pytest.mark.skipif(not HOPPER, reason="the wide kernel needs sm_90a")
+WIDE_CONFIGS = [{}, {"nt": 16}, {"nt": 32, "split": 3}, {"nt": 16, "stages": 3}]
+
+
+@WIDE
+@pytest.mark.parametrize("fmt", ["bitmap", "pairmap"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.8, 0.95, 1.0])
+def test_wide_kernel(fmt, dtype, sparsity):
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)  # fresh data every run
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    for m, k in [(333, 517), (130, 4096), (64, 64)]:
+        w = pruned(m, k, sparsity, dtype, gen)
+        sw = flashllm.compress(w, fmt)
+        ref_w = w.float()
+        for n in (65, 128, 129, 300, 1024):
+            x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
+            ref = x.float() @ ref_w.T
+            for cfg in WIDE_CONFIGS:
+                y = spmm_kernel(x, sw, wide=1, **cfg)
+                assert torch.isfinite(y).all(), (n, cfg)
+                if ref.norm() == 0:
+                    assert (y == 0).all()
+                else:
+                    assert rel_err(y, ref) <= tol, (n, cfg, rel_err(y, ref))
+                assert torch.equal(y.view(torch.int16), spmm_kernel(x, sw, wide=1, **cfg).view(torch.int16))
+
+
+@WIDE
+@pytest.mark.parametrize("fmt", ["bitmap", "pairmap"])
+def test_wide_kernel_patterns_and_every_output(fmt):
+    from flashllm.kernels import dispatch
+    for name, w in patterns(257, 300).items():
+        sw = flashllm.compress(w, fmt)
+        x = torch.randn(200, 300, device="cuda").half()
+        for split in (1, 2, 5):
+            cfg = dispatch.choose_wide_config(fmt, 257, 300, 200, sw.max_block_bytes, 132, split=split)
+            y = torch.full((200, 257), float("nan"), device="cuda", dtype=torch.half)
+            dispatch._launch(x, sw, cfg, y, None)
+            assert not torch.isnan(y).any(), (name, split)
+            assert rel_err(y, x.float() @ w.float().T) < 2e-3, (name, split)
+
+
+@WIDE
+def test_wide_kernel_is_dispatched_with_bias_and_in_a_graph():
+    from flashllm.kernels import dispatch
+    w = pruned(700, 520, 0.6, torch.float16, torch.Generator("cuda").manual_seed(9))
+    sw = flashllm.compress(w, "bitmap")
+    bias = torch.randn(700, device="cuda").half()
+    x = torch.randn(3, 170, 520, device="cuda").half()  # leading batch dims: 510 tokens
+    assert dispatch.config_for(sw, 510).wide
+    y = flashllm.spmm(x, sw, bias=bias)
+    ref = x.float() @ w.float().T + bias.float()
+    assert rel_err(y, ref) < 2e-3
+    assert torch.equal(replayed(lambda: flashllm.spmm(x, sw, bias=bias)), y)

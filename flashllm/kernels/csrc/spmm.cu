@@ -89,9 +89,10 @@ __device__ __forceinline__ void init_stage_barriers(u32 bars) {
 }
 
 // Byte offsets (relative to p.weight) of blocks kb0 .. kb0+nk of each of the CTA's SPW row blocks.
-template <int SPW, bool CSL>
+// Rows past M read the last row block again (the wide kernel decodes them; no kernel stores them).
+template <int SPW, bool CSL, int STRIDE = THREADS>
 __device__ __forceinline__ void load_block_ptrs(i64* ptrs, const Params& p, int mt, int kb0, int nk) {
-  for (int i = threadIdx.x; i < SPW * (nk + 1); i += THREADS) {
+  for (int i = threadIdx.x; i < SPW * (nk + 1); i += STRIDE) {
     int j = i / (nk + 1), kk = i % (nk + 1);
     int mb = min(mt * SPW + j, p.MB - 1);
     ptrs[i] = p.block_ptr[(i64)mb * p.KB + kb0 + kk] * (CSL ? 4 : 1);
@@ -160,8 +161,7 @@ __device__ __forceinline__ u32 decode_reg(u32 word, u32 advance, const BitmapLan
 // Where the warp's strip of the block at `blk` keeps its values, minus 2 bytes (see above): after the
 // previous strips', from the block's 16-byte header of u16 running counts.  Half 1 adds the first
 // register's half-0 run (strip_popcounts returns it).
-__device__ __forceinline__ u32 stream_base(u32 blk) {
-  const int strip = threadIdx.x >> 5;
+__device__ __forceinline__ u32 stream_base(u32 blk, int strip) {
   u32 start = 0;
   if (strip > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (strip - 1)));
   return blk + 528 + 2 * (start & 0xFFFF) - 2;
@@ -172,10 +172,10 @@ __device__ __forceinline__ u32 stream_base(u32 blk) {
 // next one - half 0 past both halves' runs, half 1 past its own run and the next register's half-0 run
 // (bytes).  Returns the first register's half-0 run (bytes): where half 1 starts.  The caller
 // __syncwarp()s.
-__device__ __forceinline__ u32 strip_popcounts(u32 blk, u32 scratch) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, f = lane >> 3, q = lane & 3;
+__device__ __forceinline__ u32 strip_popcounts(u32 blk, u32 scratch, int strip) {
+  const int lane = threadIdx.x & 31, f = lane >> 3, q = lane & 3;
   u32 w;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((warp * 32 + lane) << 2)));
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((strip * 32 + lane) << 2)));
   const u32 run = 2 * __popc(w);
   const u32 other_half = __shfl_xor_sync(0xffffffffu, run, 4);
   const int next = q < 3 ? f * 8 + q + 1 : ((f + 1) * 8) & 31;  // the next register's half-0 word
@@ -186,9 +186,9 @@ __device__ __forceinline__ u32 strip_popcounts(u32 blk, u32 scratch) {
 }
 
 // The bitmap's per-lane stream pointer for a block: stream_base, moved past the first half-0 run in half 1.
-__device__ __forceinline__ u32 bitmap_base(u32 blk, u32 scratch) {
-  const u32 first_run = strip_popcounts(blk, scratch);
-  return stream_base(blk) + (((threadIdx.x >> 4) & 1) ? first_run : 0u);
+__device__ __forceinline__ u32 bitmap_base(u32 blk, u32 scratch, int strip) {
+  const u32 first_run = strip_popcounts(blk, scratch, strip);
+  return stream_base(blk, strip) + (((threadIdx.x >> 4) & 1) ? first_run : 0u);
 }
 
 // Per-warp popcount scratch of the bitmap kernels: 128 bytes per warp and block of the CTA.
@@ -201,11 +201,11 @@ __device__ __forceinline__ u32 warp_scratch(u32 scratch, int j) {
 // the half-warp's four mask words and their advances (strip_popcounts), then one decode per register,
 // moving `base` from run to run.
 __device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, u32 counts, int f, const BitmapLane& L,
-                                                u32& base) {
-  const int warp = threadIdx.x >> 5, h = (threadIdx.x >> 4) & 1;
+                                                u32& base, int strip) {
+  const int h = (threadIdx.x >> 4) & 1;
   u32 w0, w1, w2, w3, c0, c1, c2, c3;
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((warp * 4 + f) * 2 + h) << 4)));
+               : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(blk + 16 + (((strip * 4 + f) * 2 + h) << 4)));
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(c0), "=r"(c1), "=r"(c2), "=r"(c3) : "r"(counts + ((f * 2 + h) << 4)));
   a[0] = decode_reg(w0, c0, L, base);
@@ -225,12 +225,12 @@ __device__ __forceinline__ void decode_fragment(u32 (&a)[4], u32 blk, u32 counts
 // stream start plus an exclusive scan of its 16 mask popcounts, into the warp's scratch (entry f*4 + q).
 // Half-warp h scans block h (blk0 / blk1, scratch0 / scratch1): one pass serves two blocks (pass the
 // same block twice for one).  The caller __syncwarp()s.
-__device__ __forceinline__ void pair_bases(u32 blk0, u32 blk1, u32 scratch0, u32 scratch1) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, i = lane & 15;
+__device__ __forceinline__ void pair_bases(u32 blk0, u32 blk1, u32 scratch0, u32 scratch1, int strip) {
+  const int lane = threadIdx.x & 31, i = lane & 15;
   const u32 blk = lane < 16 ? blk0 : blk1, scratch = lane < 16 ? scratch0 : scratch1;
   u32 start = 0, w;
-  if (warp > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (warp - 1)));
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((warp * 16 + i) << 2)));
+  if (strip > 0) asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(start) : "r"(blk + 2 * (strip - 1)));
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w) : "r"(blk + 16 + ((strip * 16 + i) << 2)));
   const u32 count = __popc(w);
   u32 incl = count;
 #pragma unroll
@@ -248,12 +248,12 @@ __device__ __forceinline__ u32 load_word_if(u32 word, u32 bit, u32 addr) {
   return v;
 }
 
-__device__ __forceinline__ void decode_pair_fragment(u32 (&a)[4], u32 blk, u32 bases, int f) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+__device__ __forceinline__ void decode_pair_fragment(u32 (&a)[4], u32 blk, u32 bases, int f, int strip) {
+  const int lane = threadIdx.x & 31;
   const u32 bit = 1u << lane, below = bit - 1u;
   u32 w[4], b[4];
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(blk + 16 + ((warp * 4 + f) << 4)));
+               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(blk + 16 + ((strip * 4 + f) << 4)));
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(bases + (f << 4)));
 #pragma unroll
@@ -272,10 +272,10 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, c
       if (j % 2 == 0) {
         const int j1 = j + 1 < SPW ? j + 1 : j;
         pair_bases(stage + j * p.stage_w_bytes, stage + j1 * p.stage_w_bytes, warp_scratch(scratch, j),
-                   warp_scratch(scratch, j1));
+                   warp_scratch(scratch, j1), threadIdx.x >> 5);
       }
     } else {
-      base[j] = bitmap_base(stage + j * p.stage_w_bytes, warp_scratch(scratch, j));
+      base[j] = bitmap_base(stage + j * p.stage_w_bytes, warp_scratch(scratch, j), threadIdx.x >> 5);
     }
   }
   __syncwarp();
@@ -287,8 +287,8 @@ __device__ __forceinline__ void compute_bitmap(u32 stage, u32 xs, u32 scratch, c
     for (int j = 0; j < SPW; j++) {
       if (!FULL && mt * SPW + j >= p.MB) break;  // FULL: no branch, loads can be hoisted
       u32 a[4];
-      if (PAIRS) decode_pair_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f);
-      else decode_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f, L, base[j]);
+      if (PAIRS) decode_pair_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f, threadIdx.x >> 5);
+      else decode_fragment(a, stage + j * p.stage_w_bytes, warp_scratch(scratch, j), f, L, base[j], threadIdx.x >> 5);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) mma16816<BF16>(acc[j][nt], a, b[nt]);
     }
@@ -410,11 +410,11 @@ __device__ __forceinline__ void bitmap_wg_stage(const Params& p, u32 ring, u32 s
   wg_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, mt, n0, kb0, it + AHEAD);
   const u32 stage = ring + (it % STAGES) * stage_bytes, blk = stage + x_bytes;
   const u32 counts = warp_scratch(scratch, 0);
-  u32 base = bitmap_base(blk, counts);
+  u32 base = bitmap_base(blk, counts, threadIdx.x >> 5);
   __syncwarp();
   const unsigned long long xdesc = sw128_desc(stage);
 #pragma unroll
-  for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, counts, f, L, base);
+  for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, counts, f, L, base, threadIdx.x >> 5);
   // All four fragments first: a register written between a stage's wgmmas would serialize them.
   wgmma_fence();
 #pragma unroll
@@ -457,6 +457,116 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
   wgmma_wait<0>();
   cp_async_wait<0>();
   store_tile<NT, BF16>(p, acc[0], mt * BLOCK + (threadIdx.x >> 5) * 16, n0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wide kernel (prefill: 65 to a few thousand tokens; sm_90a, bitmap and pair bitmap).  A CTA of two
+// warpgroups multiplies two 64-row blocks (128 rows) by NT*8 tokens (128 or 256): warpgroup g decodes
+// block g into A registers - the SpMM kernels' decode, warp w taking strip w % 4 - and issues wgmma
+// m64nNk16 against the stage's X tile, read by the tensor cores straight from shared memory.  The two
+// groups share that tile, so X crosses L2 once per 128 rows (64-row tiles would need ~13 TB/s of L2 at
+// 256 tokens), and the decode is paid once for all NT*8 tokens instead of once per 64 (the SpMM
+// kernels' grid.y chunks): decompress-then-cuBLAS moved 2 + 2 bytes per weight through HBM besides.
+// Pipelined like bitmap_wg_body: two A register sets, wait_group 1, loads STAGES - 2 stages ahead.
+#define WIDE_THREADS 256
+
+// Stage s's copies: the X tile by every thread, both weight blocks by one thread of the warp whose turn
+// it is (a bulk copy each).  Stage nk, the pairing stage of an odd nk, gets zero headers and masks
+// (zero weights) and the zero-filled X tile past K.
+template <int NT, int STAGES>
+__device__ __forceinline__ void wide_load(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
+                                          const i64* ptrs, int nk, int kb0, int n0, int s) {
+  if (s <= nk) {
+    const u32 st = ring + (s % STAGES) * stage_bytes, bar = bars + 8 * (s % STAGES);
+    load_x_tile<NT, WIDE_THREADS>(st, p, n0, s < nk ? kb0 + s : p.KB, threadIdx.x);
+    const int lane = threadIdx.x & 31;
+    if ((threadIdx.x >> 5) == (s & 7)) {
+      if (s < nk) {
+        if (lane == 0) {
+          const u32 b0 = (u32)(ptrs[s + 1] - ptrs[s]), b1 = (u32)(ptrs[nk + 1 + s + 1] - ptrs[nk + 1 + s]);
+          fence_async_shared();  // the slot's previous contents were read through the generic proxy
+          mbar_arrive_expect(bar, b0 + b1);
+          if (b0) bulk_copy(st + x_bytes, p.weight + ptrs[s], b0, bar);
+          if (b1) bulk_copy(st + x_bytes + p.stage_w_bytes, p.weight + ptrs[nk + 1 + s], b1, bar);
+        }
+      } else {
+        for (int c = lane; c < 2 * (528 / 16); c += 32)
+          cp_async16(st + x_bytes + (c / 33) * p.stage_w_bytes + ((c % 33) << 4), p.weight, 0);
+        if (lane == 0) mbar_arrive_expect(bar, 0);  // nothing in flight: completes the phase
+      }
+    }
+  }
+  cp_async_commit();
+}
+
+template <int FMT, int NT, int STAGES, bool BF16, int SET, bool FIRST>
+__device__ __forceinline__ void wide_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
+                                           u32 scratch, const i64* ptrs, int nk, int kb0, int n0, int it,
+                                           float (&acc)[NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
+  constexpr int AHEAD = STAGES - 2;
+  wait_stage<AHEAD - 1, STAGES>(bars, it);
+  fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
+  __syncthreads();
+  wide_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, kb0, n0, it + AHEAD);
+  const u32 stage = ring + (it % STAGES) * stage_bytes;
+  const u32 blk = stage + x_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // warpgroup g: block g
+  const int strip = (threadIdx.x >> 5) & 3;
+  if (FMT == FMT_PAIRMAP) {
+    pair_bases(blk, blk, scratch, scratch, strip);
+    __syncwarp();
+#pragma unroll
+    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, scratch, f, strip);
+  } else {
+    u32 base = bitmap_base(blk, scratch, strip);
+    __syncwarp();
+#pragma unroll
+    for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);
+  }
+  const unsigned long long xdesc = sw128_desc(stage);
+  wgmma_fence();  // all four fragments first: a register written between a stage's wgmmas serializes them
+#pragma unroll
+  for (int f = 0; f < 4; f++) {
+    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);  // acc = A.B: no zeroed accumulators
+    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
+  }
+  wgmma_commit();
+  wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and ring slot are free
+}
+
+template <int FMT, int NT, int STAGES, bool BF16>
+__global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
+  static_assert(FMT != FMT_CSL && STAGES >= 3, "the wide kernel decodes bitmap blocks, >= 3 stages");
+  extern __shared__ __align__(16) u8 smem[];
+  const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
+  const int kb0 = blockIdx.z * p.kb_per_split;
+  const int nk = min(p.KB - kb0, p.kb_per_split);
+  const u32 x_bytes = NT * 8 * X_ROW_BYTES;
+  const u32 stage_bytes = (x_bytes + 2 * p.stage_w_bytes + 1023) & ~1023u;  // [X tile | 2 blocks], 1 KB aligned
+  const u32 ring = (smem_addr(smem) + 1023) & ~1023u;
+  const u32 scratch = ring + STAGES * stage_bytes;        // 128 bytes per warp: popcounts / pair bases
+  const u32 bars = scratch + (WIDE_THREADS / 32) * 128;  // one mbarrier per ring slot
+  i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
+  load_block_ptrs<2, false, WIDE_THREADS>(ptrs, p, mt, kb0, nk);
+  init_stage_barriers<STAGES>(bars);
+  __syncthreads();
+  // No zeroing: the first wgmma overwrites the accumulators.  Zeroed registers meeting the loop's
+  // in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).  Dispatch keeps nk >= 1.
+  float acc[NT][4];
+  const BitmapLane L = bitmap_lane();
+  const u32 warp_scr = scratch + (threadIdx.x >> 5) * 128;
+#pragma unroll
+  for (int s = 0; s < STAGES - 2; s++) wide_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, kb0, n0, s);
+  u32 a[2][4][4];
+  // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
+  wide_stage<FMT, NT, STAGES, BF16, 0, true>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, 0, acc, a, L);
+  wide_stage<FMT, NT, STAGES, BF16, 1, false>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, 1, acc, a, L);
+  for (int it = 2; it < nk; it += 2) {
+    wide_stage<FMT, NT, STAGES, BF16, 0, false>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, it, acc, a, L);
+    wide_stage<FMT, NT, STAGES, BF16, 1, false>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, it + 1, acc, a, L);
+  }
+  wgmma_wait<0>();
+  cp_async_wait<0>();
+  store_tile<NT, BF16>(p, acc, (mt * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16, n0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,14 +791,14 @@ __global__ void __launch_bounds__(THREADS) decompress(const u8* __restrict__ wei
       const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
       const BitmapLane L = bitmap_lane();
       u32 base = 0;
-      if (FMT == FMT_PAIRMAP) pair_bases(st, st, scratch, scratch);
-      else base = bitmap_base(st, scratch);
+      if (FMT == FMT_PAIRMAP) pair_bases(st, st, scratch, scratch, warp);
+      else base = bitmap_base(st, scratch, warp);
       __syncwarp();
 #pragma unroll
       for (int f = 0; f < 4; f++) {
         u32 a[4];
-        if (FMT == FMT_PAIRMAP) decode_pair_fragment(a, st, scratch, f);
-        else decode_fragment(a, st, scratch, f, L, base);
+        if (FMT == FMT_PAIRMAP) decode_pair_fragment(a, st, scratch, f, warp);
+        else decode_fragment(a, st, scratch, f, L, base, warp);
 #pragma unroll
         for (int q = 0; q < 4; q++) {  // register q of the m16k16 fragment: rows g (+8 if q odd), cols 2t (+8 if q > 1)
           // 16-byte chunk c of row r at c ^ (r % 8), as Tiled-CSL's tiles: the 8 rows g of one store then
