@@ -30,7 +30,8 @@ MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multip
 WIDE_THREADS = 256  # the wide kernel: two warpgroups (csrc/spmm.cu spmm_wide)
 WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
-WIDE_STAGES = {16: 6, 32: 4}  # ring depth: ~2 K of X tile per stage in flight either way
+WIDE_STAGES = {16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
+WIDE_MAX_W_STAGES = 12  # weight ring depth, as far as shared memory allows (>= 3)
 WIDE_MIN_N, WIDE_MAX_N = 65, 4096  # token counts the wide kernel takes on sm_90a (see use_wide)
 
 
@@ -39,7 +40,8 @@ class Params(ctypes.Structure):
                 ("y", ctypes.c_void_p), ("partial", ctypes.c_void_p),
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("MB", ctypes.c_int), ("KB", ctypes.c_int), ("kb_per_split", ctypes.c_int),
-                ("stage_w_bytes", ctypes.c_int), ("bias", ctypes.c_void_p), ("cluster", ctypes.c_int)]
+                ("stage_w_bytes", ctypes.c_int), ("bias", ctypes.c_void_p), ("cluster", ctypes.c_int),
+                ("w_stages", ctypes.c_int)]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Config:
     wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
     wide: bool = False  # the wide (prefill) kernel: 256 threads, two blocks, 128-256 tokens per CTA
+    w_stages: int = 0   # the wide kernel's weight ring (its X ring is `stages` deep)
 
     def name(self, fmt: str, bf16: bool) -> str:
         flag = lambda b: "true" if b else "false"  # noqa: E731
@@ -229,21 +232,22 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     if nt not in WIDE_NT_CHOICES:
         raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
-    stage_bytes = -(-(nt * 8 * 128 + 2 * stage_w) // 1024) * 1024
     tiles = -(-mb // 2) * -(-n // (8 * nt))
     if split is None:
         split = wide_split(m, n, kb, tiles, nt, sms)
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)  # every slice keeps >= 1 block: the kernel's first stage needs one
-    # the ring (+1 KB to align it), per-warp scratch, the stage mbarriers, both blocks' offsets
+    # +1 KB to align the X ring, per-warp scratch, both blocks' offsets; then the X ring and the weight ring
     fixed = 1024 + (WIDE_THREADS // 32) * 128 + 2 * (kb_per_split + 1) * 8
+    x_bytes, w_bytes = nt * 8 * 128, 2 * stage_w + 8  # a weight slot: two blocks and its mbarrier
     stages = stages or WIDE_STAGES[nt]
-    if fixed + stages * (stage_bytes + 8) > SMEM_PER_SM:
+    if fixed + stages * x_bytes + 3 * w_bytes > SMEM_PER_SM:
         stages = 3  # the compiled fallback (all_variants)
-    smem = fixed + stages * (stage_bytes + 8)
-    if stages < 3 or smem > SMEM_PER_SM:
-        raise ValueError(f"blocks of up to {max_block_bytes} bytes need {smem} bytes of shared memory")
-    return Config(2, nt, stages, split, kb_per_split, stage_w, smem, wg=True, wide=True)
+    w_stages = min(WIDE_MAX_W_STAGES, (SMEM_PER_SM - fixed - stages * x_bytes) // w_bytes)
+    if w_stages < 3:
+        raise ValueError(f"blocks of up to {max_block_bytes} bytes leave the wide kernel too little shared memory")
+    smem = fixed + stages * x_bytes + w_stages * w_bytes
+    return Config(2, nt, stages, split, kb_per_split, stage_w, smem, wg=True, wide=True, w_stages=w_stages)
 
 
 # n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
@@ -283,7 +287,7 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     params = Params(data.data_ptr(), ptr.data_ptr(), x.data_ptr(), y.data_ptr(),
                     partial.data_ptr() if partial is not None else 0,
                     m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes,
-                    bias.data_ptr() if bias is not None else 0, int(cfg.cluster))
+                    bias.data_ptr() if bias is not None else 0, int(cfg.cluster), cfg.w_stages)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     if cfg.cluster:
         kernel.launch_cluster(grid, cfg.smem, stream, params, (1, 1, cfg.split))

@@ -26,6 +26,7 @@ struct Params {
   const u16* bias;         // [M] added before the output is rounded, or null
   int cluster;             // split > 1 on Hopper: the grid.z slices of a tile form a cluster and sum in
                            // distributed shared memory (cluster_reduce), no fp32 partials in global memory
+  int w_stages;            // the wide kernel: depth of its weight ring (deeper than its X ring)
 };
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {

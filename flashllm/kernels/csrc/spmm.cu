@@ -466,50 +466,60 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 // m64nNk16 against the stage's X tile, read by the tensor cores straight from shared memory.  The two
 // groups share that tile, so X crosses L2 once per 128 rows (64-row tiles would need ~13 TB/s of L2 at
 // 256 tokens), and the decode is paid once for all NT*8 tokens instead of once per 64 (the SpMM
-// kernels' grid.y chunks): decompress-then-cuBLAS moved 2 + 2 bytes per weight through HBM besides.
-// Pipelined like bitmap_wg_body: two A register sets, wait_group 1, loads STAGES - 2 stages ahead.
+// kernels' grid.y chunks); decompress-then-cuBLAS moved 2 + 2 bytes per weight through HBM besides.
+// Two rings: X tiles (XSTAGES deep; a slot is free once the wgmmas that read it are done, two stages
+// later) and weight blocks (p.w_stages deep; a slot is free once decoded, one stage later).  With one
+// CTA per SM the weights need the deeper ring: at 4 stages of both the bytes in flight were too few
+// to cover HBM latency (a kernel with decode, X and MMA all cut out still took 101 us on 12288x12288
+// at 50 %, for 170 MB: 1.7 TB/s; H100).  Pipelined like bitmap_wg_body: two A register sets, wait_group 1.
 #define WIDE_THREADS 256
 
-// Stage s's copies: the X tile by every thread, both weight blocks by one thread of the warp whose turn
-// it is (a bulk copy each).  Stage nk, the pairing stage of an odd nk, gets zero headers and masks
-// (zero weights) and the zero-filled X tile past K.
-template <int NT, int STAGES>
-__device__ __forceinline__ void wide_load(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
-                                          const i64* ptrs, int nk, int kb0, int n0, int s) {
-  if (s <= nk) {
-    const u32 st = ring + (s % STAGES) * stage_bytes, bar = bars + 8 * (s % STAGES);
-    load_x_tile<NT, WIDE_THREADS>(st, p, n0, s < nk ? kb0 + s : p.KB, threadIdx.x);
-    const int lane = threadIdx.x & 31;
-    if ((threadIdx.x >> 5) == (s & 7)) {
-      if (s < nk) {
-        if (lane == 0) {
-          const u32 b0 = (u32)(ptrs[s + 1] - ptrs[s]), b1 = (u32)(ptrs[nk + 1 + s + 1] - ptrs[nk + 1 + s]);
-          fence_async_shared();  // the slot's previous contents were read through the generic proxy
-          mbar_arrive_expect(bar, b0 + b1);
-          if (b0) bulk_copy(st + x_bytes, p.weight + ptrs[s], b0, bar);
-          if (b1) bulk_copy(st + x_bytes + p.stage_w_bytes, p.weight + ptrs[nk + 1 + s], b1, bar);
-        }
-      } else {
-        for (int c = lane; c < 2 * (528 / 16); c += 32)
-          cp_async16(st + x_bytes + (c / 33) * p.stage_w_bytes + ((c % 33) << 4), p.weight, 0);
-        if (lane == 0) mbar_arrive_expect(bar, 0);  // nothing in flight: completes the phase
-      }
-    }
-  }
+// Stage s's X tile, by every thread (one cp.async group per stage, empty past the pairing stage).  The
+// pairing stage nk of an odd nk reads X past K: zero-filled.
+template <int NT, int XSTAGES>
+__device__ __forceinline__ void wide_load_x(const Params& p, u32 xring, int nk, int kb0, int n0, int s) {
+  if (s <= nk)
+    load_x_tile<NT, WIDE_THREADS>(xring + (s % XSTAGES) * (NT * 8 * X_ROW_BYTES), p, n0, s < nk ? kb0 + s : p.KB,
+                                  threadIdx.x);
   cp_async_commit();
 }
 
-template <int FMT, int NT, int STAGES, bool BF16, int SET, bool FIRST>
-__device__ __forceinline__ void wide_stage(const Params& p, u32 ring, u32 stage_bytes, u32 x_bytes, u32 bars,
-                                           u32 scratch, const i64* ptrs, int nk, int kb0, int n0, int it,
-                                           float (&acc)[NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
-  constexpr int AHEAD = STAGES - 2;
-  wait_stage<AHEAD - 1, STAGES>(bars, it);
+// Stage s's two weight blocks: one bulk copy each, by one thread of the warp whose turn it is.  The pairing
+// stage gets zero headers and masks (zero weights), stored directly: the slot is free, and the CTA barriers
+// before stage nk order the stores before any decode of them.
+__device__ __forceinline__ void wide_load_w(const Params& p, u32 wring, u32 bars, const i64* ptrs, int nk, int kb0,
+                                            int s) {
+  if (s > nk || (threadIdx.x >> 5) != (s & 7)) return;
+  const int slot = s % p.w_stages, lane = threadIdx.x & 31;
+  const u32 st = wring + slot * 2 * p.stage_w_bytes, bar = bars + 8 * slot;
+  if (s < nk) {
+    if (lane == 0) {
+      const u32 b0 = (u32)(ptrs[s + 1] - ptrs[s]), b1 = (u32)(ptrs[nk + 1 + s + 1] - ptrs[nk + 1 + s]);
+      fence_async_shared();  // the slot's previous contents were read through the generic proxy
+      mbar_arrive_expect(bar, b0 + b1);
+      if (b0) bulk_copy(st, p.weight + ptrs[s], b0, bar);
+      if (b1) bulk_copy(st + p.stage_w_bytes, p.weight + ptrs[nk + 1 + s], b1, bar);
+    }
+  } else {
+    for (int c = lane; c < 2 * (528 / 16); c += 32)
+      asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n" :: "r"(st + (c / 33) * p.stage_w_bytes + ((c % 33) << 4)),
+                   "r"(0));
+    if (lane == 0) mbar_arrive_expect(bar, 0);  // nothing in flight: completes the phase
+  }
+}
+
+template <int FMT, int NT, int XSTAGES, bool BF16, int SET, bool FIRST>
+__device__ __forceinline__ void wide_stage(const Params& p, u32 xring, u32 wring, u32 bars, u32 scratch,
+                                           const i64* ptrs, int nk, int kb0, int n0, int it, float (&acc)[NT][4],
+                                           u32 (&a)[2][4][4], const BitmapLane& L) {
+  constexpr int XAHEAD = XSTAGES - 2;
+  cp_async_wait<XAHEAD - 1>();
+  mbar_wait(bars + 8 * (it % p.w_stages), (it / p.w_stages) & 1);
   fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
-  __syncthreads();
-  wide_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, kb0, n0, it + AHEAD);
-  const u32 stage = ring + (it % STAGES) * stage_bytes;
-  const u32 blk = stage + x_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // warpgroup g: block g
+  __syncthreads();      // stage it landed for every thread; stage it - 1's weights are decoded
+  wide_load_x<NT, XSTAGES>(p, xring, nk, kb0, n0, it + XAHEAD);
+  wide_load_w(p, wring, bars, ptrs, nk, kb0, it + p.w_stages - 1);
+  const u32 blk = wring + (it % p.w_stages) * 2 * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
   const int strip = (threadIdx.x >> 5) & 3;
   if (FMT == FMT_PAIRMAP) {
     pair_bases(blk, blk, scratch, scratch, strip);
@@ -522,7 +532,7 @@ __device__ __forceinline__ void wide_stage(const Params& p, u32 ring, u32 stage_
 #pragma unroll
     for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);
   }
-  const unsigned long long xdesc = sw128_desc(stage);
+  const unsigned long long xdesc = sw128_desc(xring + (it % XSTAGES) * (NT * 8 * X_ROW_BYTES));
   wgmma_fence();  // all four fragments first: a register written between a stage's wgmmas serializes them
 #pragma unroll
   for (int f = 0; f < 4; f++) {
@@ -530,24 +540,27 @@ __device__ __forceinline__ void wide_stage(const Params& p, u32 ring, u32 stage_
     else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
   }
   wgmma_commit();
-  wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and ring slot are free
+  wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and X slot are free
 }
 
-template <int FMT, int NT, int STAGES, bool BF16>
+template <int FMT, int NT, int XSTAGES, bool BF16>
 __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
-  static_assert(FMT != FMT_CSL && STAGES >= 3, "the wide kernel decodes bitmap blocks, >= 3 stages");
+  static_assert(FMT != FMT_CSL && XSTAGES >= 3, "the wide kernel decodes bitmap blocks, >= 3 X stages");
   extern __shared__ __align__(16) u8 smem[];
   const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
   const int kb0 = blockIdx.z * p.kb_per_split;
   const int nk = min(p.KB - kb0, p.kb_per_split);
-  const u32 x_bytes = NT * 8 * X_ROW_BYTES;
-  const u32 stage_bytes = (x_bytes + 2 * p.stage_w_bytes + 1023) & ~1023u;  // [X tile | 2 blocks], 1 KB aligned
-  const u32 ring = (smem_addr(smem) + 1023) & ~1023u;
-  const u32 scratch = ring + STAGES * stage_bytes;        // 128 bytes per warp: popcounts / pair bases
-  const u32 bars = scratch + (WIDE_THREADS / 32) * 128;  // one mbarrier per ring slot
-  i64* ptrs = (i64*)(smem + (bars + STAGES * 8 - smem_addr(smem)));
+  // [X ring (1 KB aligned slots) | weight ring | per-warp scratch | weight mbarriers | block offsets]
+  const u32 xring = (smem_addr(smem) + 1023) & ~1023u;
+  const u32 wring = xring + XSTAGES * (NT * 8 * X_ROW_BYTES);
+  const u32 scratch = wring + p.w_stages * 2 * p.stage_w_bytes;  // 128 bytes per warp: popcounts / pair bases
+  const u32 bars = scratch + (WIDE_THREADS / 32) * 128;
+  i64* ptrs = (i64*)(smem + (bars + p.w_stages * 8 - smem_addr(smem)));
   load_block_ptrs<2, false, WIDE_THREADS>(ptrs, p, mt, kb0, nk);
-  init_stage_barriers<STAGES>(bars);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < p.w_stages; s++) mbar_init(bars + 8 * s, 1);
+    mbar_fence_init();
+  }
   __syncthreads();
   // No zeroing: the first wgmma overwrites the accumulators.  Zeroed registers meeting the loop's
   // in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).  Dispatch keeps nk >= 1.
@@ -555,14 +568,15 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
   const BitmapLane L = bitmap_lane();
   const u32 warp_scr = scratch + (threadIdx.x >> 5) * 128;
 #pragma unroll
-  for (int s = 0; s < STAGES - 2; s++) wide_load<NT, STAGES>(p, ring, stage_bytes, x_bytes, bars, ptrs, nk, kb0, n0, s);
+  for (int s = 0; s < XSTAGES - 2; s++) wide_load_x<NT, XSTAGES>(p, xring, nk, kb0, n0, s);
+  for (int s = 0; s < p.w_stages - 1; s++) wide_load_w(p, wring, bars, ptrs, nk, kb0, s);
   u32 a[2][4][4];
   // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-  wide_stage<FMT, NT, STAGES, BF16, 0, true>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, 0, acc, a, L);
-  wide_stage<FMT, NT, STAGES, BF16, 1, false>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, 1, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, 0, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, 1, acc, a, L);
   for (int it = 2; it < nk; it += 2) {
-    wide_stage<FMT, NT, STAGES, BF16, 0, false>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, it, acc, a, L);
-    wide_stage<FMT, NT, STAGES, BF16, 1, false>(p, ring, stage_bytes, x_bytes, bars, warp_scr, ptrs, nk, kb0, n0, it + 1, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, it, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, it + 1, acc, a, L);
   }
   wgmma_wait<0>();
   cp_async_wait<0>();

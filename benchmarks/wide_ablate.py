@@ -1,0 +1,59 @@
+"""Device aid: what bounds the wide kernel - time it with parts of its stage cut out (results are garbage).
+
+usage: python benchmarks/wide_ablate.py [SHAPE ...]   env: N=256 FMT=bitmap SPARSITY=0.5 CFG='nt=32'
+Edits (string replacements of csrc/spmm.cu, compiled through the same JIT): nox (no X tile copies),
+nodecode (A = constants: no shared loads or decode), nomma (no wgmma), and combinations.
+"""
+import os
+import sys
+
+import torch
+
+import flashllm
+from flashllm.bench.kernel import clone_weight
+from flashllm.bench.timing import copies_to_defeat_l2, time_graph
+from flashllm.kernels import dispatch, jit
+
+X = ("  if (s <= nk)\n    load_x_tile<NT, WIDE_THREADS>(", "  if (false)\n    load_x_tile<NT, WIDE_THREADS>(")
+DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, scratch, f, strip);",
+        "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = blk + f + q;"),
+       ("    for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);",
+        "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = base + f + q;")]
+MMA = [("    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);", "    if (0) ;"),
+       ("    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
+        "    else if (f == 9) acc[0][0] += a[SET][f][0];")]
+EDITS = {"base": [], "nox": [X], "nodecode": DEC, "nomma": MMA, "nox+nodecode": [X] + DEC, "nodecode+nomma": DEC + MMA,
+         "nox+nomma": [X] + MMA, "all": [X] + DEC + MMA}
+original = jit._source.__wrapped__
+
+
+def patched(edits):
+    def source(program="spmm.cu"):
+        s = original(program)
+        for old, new in edits:
+            assert old in s, old
+            s = s.replace(old, new)
+        return s
+    return source
+
+
+shapes = [tuple(map(int, a.split("x"))) for a in (sys.argv[1:] or ["12288x12288"])]
+n, fmt, sp = int(os.environ.get("N", "256")), os.environ.get("FMT", "bitmap"), float(os.environ.get("SPARSITY", "0.5"))
+cfg = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in os.environ.get("CFG", "").split(",") if kv}
+for m, k in shapes:
+    w = torch.randn(m, k, device="cuda").half() * (torch.rand(m, k, device="cuda") >= sp)
+    sw = flashllm.compress(w, fmt)
+    copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
+    x = torch.randn(n, k, device="cuda").half()
+    c = dispatch.config_for(sw, n, wide=1, **cfg)
+    dense = torch.nn.functional.linear
+    t_dense = time_graph([lambda: dense(x, w)], launches=20, replays=5)
+    row = []
+    for label, edits in EDITS.items():
+        jit._source = patched(edits)
+        jit._loaded.clear()
+        t = time_graph([lambda c=cc: dispatch.spmm_kernel(x, c, wide=1, **cfg) for cc in copies], launches=20, replays=5)
+        row.append(f"{label} {t:.1f}")
+    jit._source = original
+    jit._loaded.clear()
+    print(f"{m}x{k} {fmt} {sp:.0%} N={n} nt{c.nt} split{c.split} | cuBLAS {t_dense:.1f} | " + " | ".join(row), flush=True)
