@@ -473,6 +473,7 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 // to cover HBM latency (a kernel with decode, X and MMA all cut out still took 101 us on 12288x12288
 // at 50 %, for 170 MB: 1.7 TB/s; H100).  Pipelined like bitmap_wg_body: two A register sets, wait_group 1.
 #define WIDE_THREADS 256
+#if FLASHLLM_BULK  // Hopper only: bulk copies and wgmma
 
 // Stage s's X tile, by every thread (one cp.async group per stage, empty past the pairing stage).  The
 // pairing stage nk of an odd nk reads X past K: zero-filled.
@@ -582,6 +583,7 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
   cp_async_wait<0>();
   store_tile<NT, BF16>(p, acc, (mt * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16, n0);
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Split-K inside a cluster (Hopper): the split CTAs of one output tile are one cluster along grid.z.
