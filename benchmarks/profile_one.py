@@ -1,4 +1,5 @@
-"""Device aid: one kernel launch of a paper shape, for ncu and SASS inspection."""
+"""Device aid: one kernel launch of a paper shape, for ncu and SASS inspection (env SHAPE=MxK)."""
+import os
 import sys
 
 import torch
@@ -7,7 +8,7 @@ import flashllm
 from flashllm.kernels import dispatch
 
 fmt, s, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-m, k = 27648, 9216
+m, k = map(int, os.environ.get("SHAPE", "27648x9216").split("x"))
 w = torch.randn(m, k, device="cuda").half()
 w = w * (torch.rand(m, k, device="cuda") >= s)
 sw = flashllm.compress(w, fmt)

@@ -1,7 +1,7 @@
 """Device aid: what bounds the wide kernel - time it with parts of its stage cut out (results are garbage).
 
 usage: python benchmarks/wide_ablate.py [SHAPE ...]   env: N=256 FMT=bitmap SPARSITY=0.5 CFG='nt=32'
-Edits (string replacements of csrc/spmm.cu, compiled through the same JIT): nox (no X tile copies),
+Edits (string replacements of csrc/spmm.cu, compiled through the same JIT): nox (no X tile TMA),
 nodecode (A = constants: no shared loads or decode), nomma (no wgmma), and combinations.
 """
 import os
@@ -14,7 +14,8 @@ from flashllm.bench.kernel import clone_weight
 from flashllm.bench.timing import copies_to_defeat_l2, time_graph
 from flashllm.kernels import dispatch, jit
 
-X = ("  if (s <= nk)\n    load_x_tile<NT, WIDE_THREADS>(", "  if (false)\n    load_x_tile<NT, WIDE_THREADS>(")
+X = [("    mbar_arrive_expect(bar, NT * 8 * X_ROW_BYTES);", "    mbar_arrive_expect(bar, 0);"),
+     ("    tma_load_2d(xring", "    if (0) tma_load_2d(xring")]
 DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, scratch, f, strip);",
         "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = blk + f + q;"),
        ("    for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);",
@@ -22,8 +23,8 @@ DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, sc
 MMA = [("    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);", "    if (0) ;"),
        ("    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
         "    else if (f == 9) acc[0][0] += a[SET][f][0];")]
-EDITS = {"base": [], "nox": [X], "nodecode": DEC, "nomma": MMA, "nox+nodecode": [X] + DEC, "nodecode+nomma": DEC + MMA,
-         "nox+nomma": [X] + MMA, "all": [X] + DEC + MMA}
+EDITS = {"base": [], "nox": X, "nodecode": DEC, "nomma": MMA, "nox+nodecode": X + DEC, "nodecode+nomma": DEC + MMA,
+         "nox+nomma": X + MMA, "all": X + DEC + MMA}
 original = jit._source.__wrapped__
 
 

@@ -291,10 +291,31 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     stream = torch.cuda.current_stream(x.device).cuda_stream
     if cfg.cluster:
         kernel.launch_cluster(grid, cfg.smem, stream, params, (1, 1, cfg.split))
+    elif cfg.wide:
+        kernel.launch(grid, cfg.smem, stream, params, cfg.threads, x_tensor_map(x, cfg.nt))
     else:
-        kernel.launch(grid, cfg.smem, stream, params, threads=cfg.threads)
+        kernel.launch(grid, cfg.smem, stream, params)
     if partial is not None:
         launch_reduce(partial, y, cfg.split, bias, m, dev, cap, stream)
+
+
+def x_tensor_map(x: torch.Tensor, nt: int) -> ctypes.Array:
+    """The wide kernel's TMA descriptor of X [N, K] (prepared: rows 16-byte aligned, K padded to 8 with
+    zeros): boxes of 64 K-values x 8 * nt tokens, 128-byte swizzle, zeros past the edges."""
+    from cuda.bindings import driver as d
+    n, k = x.shape
+    dtype = (d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if x.dtype == torch.bfloat16
+             else d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16)
+    err, tmap = d.cuTensorMapEncodeTiled(
+        dtype, 2, x.data_ptr(), [k, n], [x.stride(0) * x.element_size()], [BLOCK, 8 * nt], [1, 1],
+        d.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, d.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        d.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        d.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    if int(err) != 0:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed: {err!r} (X {tuple(x.shape)}, stride {x.stride(0)})")
+    out = (ctypes.c_uint64 * 16)()
+    ctypes.memmove(out, tmap.getPtr(), 128)
+    return out
 
 
 def launch_reduce(partial: torch.Tensor, y: torch.Tensor, split: int, bias: torch.Tensor | None, m: int,

@@ -146,9 +146,11 @@ class LoadedKernel:
             _check(self._driver.cuFuncSetAttribute(self.function, attr, nbytes), "cuFuncSetAttribute")
             self.max_smem = nbytes
 
-    def launch(self, grid, smem: int, stream: int, params: ctypes.Structure, threads: int = 128) -> None:
+    def launch(self, grid, smem: int, stream: int, params: ctypes.Structure, threads: int = 128,
+               *more: ctypes.Structure | ctypes.Array) -> None:
+        """Launch with `params` (and `more` by-value arguments after it, e.g. a TMA tensor map)."""
         self.allow_smem(smem)
-        ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(params))
+        ptrs = (ctypes.c_void_p * (1 + len(more)))(*[ctypes.addressof(a) for a in (params, *more)])
         (err,) = self._driver.cuLaunchKernel(self.function, *grid, threads, 1, 1, smem,
                                              self._driver.CUstream(stream), ctypes.addressof(ptrs), 0)
         if int(err) != 0:

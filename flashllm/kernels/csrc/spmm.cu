@@ -475,23 +475,37 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 #define WIDE_THREADS 256
 #if FLASHLLM_BULK  // Hopper only: bulk copies and wgmma
 
-// Stage s's X tile, by every thread (one cp.async group per stage, empty past the pairing stage).  The
-// pairing stage nk of an odd nk reads X past K: zero-filled.
+// X tiles come by TMA: one thread per stage, a tensor map of X (box: 64 K-values x NT*8 tokens, the
+// hardware's 128-byte swizzle = our X tile layout; rows past N and columns past K read as zeros).  Every
+// thread copying its share with cp.async cost ~80 instructions per warp and stage (64-bit row math that
+// ptxas rematerialized inside the loop, short of registers beside 128 accumulators).
+struct __align__(64) TmaMap {
+  unsigned long long opaque[16];  // CUtensorMap, encoded on the host for each launch (X moves)
+};
+
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int c0, int c1, u32 bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+               :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+// Stage s's X tile (nothing past the pairing stage nk of an odd nk, whose tile lies past K: zeros).
 template <int NT, int XSTAGES>
-__device__ __forceinline__ void wide_load_x(const Params& p, u32 xring, int nk, int kb0, int n0, int s) {
-  if (s <= nk)
-    load_x_tile<NT, WIDE_THREADS>(xring + (s % XSTAGES) * (NT * 8 * X_ROW_BYTES), p, n0, s < nk ? kb0 + s : p.KB,
-                                  threadIdx.x);
-  cp_async_commit();
+__device__ __forceinline__ void wide_load_x(const Params& p, const TmaMap* xmap, u32 xring, u32 xbars, int nk, int kb0,
+                                            int n0, int s) {
+  if (s <= nk && threadIdx.x == 0) {
+    const u32 bar = xbars + 8 * (s % XSTAGES);
+    mbar_arrive_expect(bar, NT * 8 * X_ROW_BYTES);  // the whole box counts, zero-filled parts too
+    tma_load_2d(xring + (s % XSTAGES) * (NT * 8 * X_ROW_BYTES), xmap, (s < nk ? kb0 + s : p.KB) * BLOCK, n0, bar);
+  }
 }
 
 // Stage s's two weight blocks: one bulk copy each, by one thread of the warp whose turn it is.  The pairing
 // stage gets zero headers and masks (zero weights), stored directly: the slot is free, and the CTA barriers
 // before stage nk order the stores before any decode of them.
-__device__ __forceinline__ void wide_load_w(const Params& p, u32 wring, u32 bars, const i64* ptrs, int nk, int kb0,
-                                            int s) {
+__device__ __forceinline__ void wide_load_w(const Params& p, u32 wring, u32 bars, const i64* ptrs, int nk, int s,
+                                            int slot) {
   if (s > nk || (threadIdx.x >> 5) != (s & 7)) return;
-  const int slot = s % p.w_stages, lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31;
   const u32 st = wring + slot * 2 * p.stage_w_bytes, bar = bars + 8 * slot;
   if (s < nk) {
     if (lane == 0) {
@@ -509,18 +523,26 @@ __device__ __forceinline__ void wide_load_w(const Params& p, u32 wring, u32 bars
   }
 }
 
+// Where stage `it` sits in the weight ring, and the parity of its mbarrier's phase (no runtime division).
+struct WideSlot {
+  int slot;
+  u32 phase;
+};
+
 template <int FMT, int NT, int XSTAGES, bool BF16, int SET, bool FIRST>
-__device__ __forceinline__ void wide_stage(const Params& p, u32 xring, u32 wring, u32 bars, u32 scratch,
-                                           const i64* ptrs, int nk, int kb0, int n0, int it, float (&acc)[NT][4],
-                                           u32 (&a)[2][4][4], const BitmapLane& L) {
-  constexpr int XAHEAD = XSTAGES - 2;
-  cp_async_wait<XAHEAD - 1>();
-  mbar_wait(bars + 8 * (it % p.w_stages), (it / p.w_stages) & 1);
-  fence_proxy_async();  // the X tile landed through cp.async; the tensor cores read it directly
-  __syncthreads();      // stage it landed for every thread; stage it - 1's weights are decoded
-  wide_load_x<NT, XSTAGES>(p, xring, nk, kb0, n0, it + XAHEAD);
-  wide_load_w(p, wring, bars, ptrs, nk, kb0, it + p.w_stages - 1);
-  const u32 blk = wring + (it % p.w_stages) * 2 * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
+__device__ __forceinline__ void wide_stage(const Params& p, const TmaMap* xmap, u32 xring, u32 wring, u32 bars,
+                                           u32 xbars, u32 scratch, const i64* ptrs, int nk, int kb0, int n0, int it,
+                                           WideSlot& w, float (&acc)[NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
+  mbar_wait(xbars + 8 * (it % XSTAGES), (it / XSTAGES) & 1);
+  mbar_wait(bars + 8 * w.slot, w.phase);
+  __syncthreads();  // stage it - 1's weights are decoded, stage it - 2's wgmmas done in every warp
+  wide_load_x<NT, XSTAGES>(p, xmap, xring, xbars, nk, kb0, n0, it + XSTAGES - 2);
+  wide_load_w(p, wring, bars, ptrs, nk, it + p.w_stages - 1, w.slot == 0 ? p.w_stages - 1 : w.slot - 1);
+  const u32 blk = wring + w.slot * 2 * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
+  if (++w.slot == p.w_stages) {
+    w.slot = 0;
+    w.phase ^= 1u;
+  }
   const int strip = (threadIdx.x >> 5) & 3;
   if (FMT == FMT_PAIRMAP) {
     pair_bases(blk, blk, scratch, scratch, strip);
@@ -545,7 +567,7 @@ __device__ __forceinline__ void wide_stage(const Params& p, u32 xring, u32 wring
 }
 
 template <int FMT, int NT, int XSTAGES, bool BF16>
-__global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
+__global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, const __grid_constant__ TmaMap xmap) {
   static_assert(FMT != FMT_CSL && XSTAGES >= 3, "the wide kernel decodes bitmap blocks, >= 3 X stages");
   extern __shared__ __align__(16) u8 smem[];
   const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
@@ -555,10 +577,11 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
   const u32 xring = (smem_addr(smem) + 1023) & ~1023u;
   const u32 wring = xring + XSTAGES * (NT * 8 * X_ROW_BYTES);
   const u32 scratch = wring + p.w_stages * 2 * p.stage_w_bytes;  // 128 bytes per warp: popcounts / pair bases
-  const u32 bars = scratch + (WIDE_THREADS / 32) * 128;
+  const u32 xbars = scratch + (WIDE_THREADS / 32) * 128, bars = xbars + 8 * XSTAGES;  // X ring's, weight ring's
   i64* ptrs = (i64*)(smem + (bars + p.w_stages * 8 - smem_addr(smem)));
   load_block_ptrs<2, false, WIDE_THREADS>(ptrs, p, mt, kb0, nk);
   if (threadIdx.x == 0) {
+    for (int s = 0; s < XSTAGES; s++) mbar_init(xbars + 8 * s, 1);
     for (int s = 0; s < p.w_stages; s++) mbar_init(bars + 8 * s, 1);
     mbar_fence_init();
   }
@@ -569,18 +592,20 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p) {
   const BitmapLane L = bitmap_lane();
   const u32 warp_scr = scratch + (threadIdx.x >> 5) * 128;
 #pragma unroll
-  for (int s = 0; s < XSTAGES - 2; s++) wide_load_x<NT, XSTAGES>(p, xring, nk, kb0, n0, s);
-  for (int s = 0; s < p.w_stages - 1; s++) wide_load_w(p, wring, bars, ptrs, nk, kb0, s);
+  for (int s = 0; s < XSTAGES - 2; s++) wide_load_x<NT, XSTAGES>(p, &xmap, xring, xbars, nk, kb0, n0, s);
+  for (int s = 0; s < p.w_stages - 1; s++) wide_load_w(p, wring, bars, ptrs, nk, s, s);
+  WideSlot w = {0, 0u};
   u32 a[2][4][4];
   // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, 0, acc, a, L);
-  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, 1, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, 0, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, 1, w, acc, a, L);
   for (int it = 2; it < nk; it += 2) {
-    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, it, acc, a, L);
-    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, xring, wring, bars, warp_scr, ptrs, nk, kb0, n0, it + 1, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, it, w,
+                                                 acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, it + 1,
+                                                 w, acc, a, L);
   }
   wgmma_wait<0>();
-  cp_async_wait<0>();
   store_tile<NT, BF16>(p, acc, (mt * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16, n0);
 }
 #endif
