@@ -57,12 +57,11 @@ class Config:
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
     wide: bool = False  # the wide (prefill) kernel: 256 threads, two blocks, 128-256 tokens per CTA
     w_stages: int = 0   # the wide kernel's weight ring (its X ring is `stages` deep)
-    ss: bool = False    # the wide kernel's A operand through shared memory (else from the decode's registers)
 
     def name(self, fmt: str, bf16: bool) -> str:
         flag = lambda b: "true" if b else "false"  # noqa: E731
         if self.wide:
-            return f"spmm_wide<{_BLOCK_FORMATS.index(fmt)},{self.nt},{self.stages},{flag(bf16)},{flag(self.ss)}>"
+            return f"spmm_wide<{_BLOCK_FORMATS.index(fmt)},{self.nt},{self.stages},{flag(bf16)}>"
         return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{flag(bf16)},{flag(self.wg)}>"
 
     @property
@@ -224,7 +223,7 @@ def wide_split(m: int, n: int, kb: int, tiles: int, nt: int, sms: int) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int, nt: int | None = None,
-                       stages: int | None = None, split: int | None = None, ss: bool | int = False) -> Config:
+                       stages: int | None = None, split: int | None = None) -> Config:
     """The wide kernel's config: 128 tokens per CTA up to 128, else 256; split-K from wide_split."""
     if fmt not in WIDE_FORMATS:
         raise ValueError(f"the wide kernel decodes {WIDE_FORMATS}, not {fmt!r}")
@@ -239,7 +238,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)  # every slice keeps >= 1 block: the kernel's first stage needs one
     # +1 KB to align the X ring, per-warp scratch, both blocks' offsets; then the X ring and the weight ring
-    fixed = 1024 + (WIDE_THREADS // 32) * 128 + 2 * (kb_per_split + 1) * 8 + (4 * BLOCK * BLOCK * 2 if ss else 0)
+    fixed = 1024 + (WIDE_THREADS // 32) * 128 + 2 * (kb_per_split + 1) * 8
     x_bytes, w_bytes = nt * 8 * 128, 2 * stage_w + 8  # a weight slot: two blocks and its mbarrier
     stages = stages or WIDE_STAGES[nt]
     if fixed + stages * x_bytes + 3 * w_bytes > SMEM_PER_SM:
@@ -248,8 +247,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     if w_stages < 3:
         raise ValueError(f"blocks of up to {max_block_bytes} bytes leave the wide kernel too little shared memory")
     smem = fixed + stages * x_bytes + w_stages * w_bytes
-    return Config(2, nt, stages, split, kb_per_split, stage_w, smem, wg=True, wide=True, w_stages=w_stages,
-                  ss=bool(ss))
+    return Config(2, nt, stages, split, kb_per_split, stage_w, smem, wg=True, wide=True, w_stages=w_stages)
 
 
 # n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
@@ -309,8 +307,7 @@ def x_tensor_map(x: torch.Tensor, nt: int) -> ctypes.Array:
     dtype = (d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if x.dtype == torch.bfloat16
              else d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16)
     err, tmap = d.cuTensorMapEncodeTiled(
-        dtype, 2, x.data_ptr(), [d.cuuint64_t(k), d.cuuint64_t(n)], [d.cuuint64_t(x.stride(0) * x.element_size())],
-        [d.cuuint32_t(BLOCK), d.cuuint32_t(8 * nt)], [d.cuuint32_t(1), d.cuuint32_t(1)],
+        dtype, 2, x.data_ptr(), [k, n], [x.stride(0) * x.element_size()], [BLOCK, 8 * nt], [1, 1],
         d.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, d.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
         d.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
         d.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
@@ -417,8 +414,7 @@ def all_variants() -> list[str]:
         for bf16 in (False, True):
             for nt in WIDE_NT_CHOICES:
                 for stages in sorted({3, WIDE_STAGES[nt]}):
-                    for ss in (False, True):
-                        names.append(Config(2, nt, stages, 1, 1, 0, 0, True, wide=True, ss=ss).name(fmt, bf16))
+                    names.append(Config(2, nt, stages, 1, 1, 0, 0, True, wide=True).name(fmt, bf16))
     return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<0>", "decompress<1>", "decompress<2>"]
 
 

@@ -46,14 +46,14 @@ def wrapper(src: str, nt: int) -> str:
     d = ",".join(f"%{i}" for i in range(nd))
     outs = ", ".join(f'"+f"(c[{i}][{j}])' for i in range(nt) for j in range(4))
     if src == "rs":  # A: this warp's fragment registers; B: descriptor
+        # scale-d from the template: 0 on a tile's first wgmma, which then needs no zeroed accumulators
         ops, tail = f"{{%{nd},%{nd + 1},%{nd + 2},%{nd + 3}}}, %{nd + 4}", f"%{nd + 5}, 1, 1, 0"
         ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(SCALE_D)'
         sig = "const u32 (&a)[4], unsigned long long desc_b"
     else:  # both from shared memory
-        ops, tail = f"%{nd}, %{nd + 1}", f"%{nd + 2}, 1, 1, 0, 0"
-        ins = '"l"(desc_a), "l"(desc_b), "n"(SCALE_D)'
+        ops, tail = f"%{nd}, %{nd + 1}", "1, 1, 1, 0, 0"
+        ins = '"l"(desc_a), "l"(desc_b)'
         sig = "unsigned long long desc_a, unsigned long long desc_b"
-    # scale-d from the template: 0 on a tile's first wgmma, which then needs no zeroed accumulators
     body = []
     for t in ("bf16", "f16"):
         # scale-d = 1 (accumulate) as an immediate: a setp defining a predicate operand between two
@@ -62,7 +62,7 @@ def wrapper(src: str, nt: int) -> str:
         "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d}}}, {ops}, {tail};\\n"
         : {outs}
         : {ins}))''')
-    tparams = "bool BF16, int SCALE_D"
+    tparams = "bool BF16, int SCALE_D" if src == "rs" else "bool BF16"
     return f'''template <{tparams}>
 __device__ __forceinline__ void wgmma_{src}_n{n}(float (&c)[{nt}][4], {sig}) {{
   if (BF16)
@@ -74,17 +74,17 @@ __device__ __forceinline__ void wgmma_{src}_n{n}(float (&c)[{nt}][4], {sig}) {{
 
 
 RS_NTS = (1, 2, 4, 8, 16, 32)  # A from registers: the SpMM kernels and the wide (prefill) kernel
-SS_NTS = (1, 2, 4, 8, 16, 32)  # both from shared memory: Tiled-CSL, the wide kernel
+SS_NTS = (1, 2, 4, 8)
 
 
 def dispatcher(src: str) -> str:
     sig = "const u32 (&a)[4], unsigned long long desc_b" if src == "rs" else \
         "unsigned long long desc_a, unsigned long long desc_b"
     args = "a, desc_b" if src == "rs" else "desc_a, desc_b"
-    targs = "BF16, SCALE_D"
+    targs = "BF16, SCALE_D" if src == "rs" else "BF16"
     wide = "".join(f"\n  else if constexpr (NT == {nt}) wgmma_{src}_n{8 * nt}<{targs}>(c, {args});"
                    for nt in (RS_NTS if src == "rs" else SS_NTS) if nt > 8)
-    tparams = "int NT, bool BF16, int SCALE_D = 1"
+    tparams = "int NT, bool BF16, int SCALE_D = 1" if src == "rs" else "int NT, bool BF16"
     return f'''template <{tparams}>
 __device__ __forceinline__ void wgmma_{src}(float (&c)[NT][4], {sig}) {{
   if constexpr (NT == 1) wgmma_{src}_n8<{targs}>(c, {args});

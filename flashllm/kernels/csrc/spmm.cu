@@ -529,25 +529,10 @@ struct WideSlot {
   u32 phase;
 };
 
-// A warp's decoded strip (its m16k16 fragments f = 0..3) into the warpgroup's swizzled 64x64 tile, the
-// layout of the decompress kernel and of Tiled-CSL's dense tile: what a shared-memory wgmma operand reads.
-__device__ __forceinline__ void store_strip(u32 tile, const u32 (&a)[4][4], int strip) {
-  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-#pragma unroll
-  for (int f = 0; f < 4; f++)
-#pragma unroll
-    for (int q = 0; q < 4; q++) {  // register q: rows g (+8 if q odd), columns 2t (+8 if q > 1) of fragment f
-      const int row = strip * 16 + g + 8 * (q & 1), chunk = 2 * f + (q >> 1);
-      asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(tile + row * 128 + ((chunk ^ (row & 7)) << 4) + 4 * t),
-                   "r"(a[f][q]));
-    }
-}
-
-template <int FMT, int NT, int XSTAGES, bool BF16, bool SS, int SET, bool FIRST>
+template <int FMT, int NT, int XSTAGES, bool BF16, int SET, bool FIRST>
 __device__ __forceinline__ void wide_stage(const Params& p, const TmaMap* xmap, u32 xring, u32 wring, u32 bars,
-                                           u32 xbars, u32 atiles, u32 scratch, const i64* ptrs, int nk, int kb0,
-                                           int n0, int it, WideSlot& w, float (&acc)[NT][4], u32 (&a)[2][4][4],
-                                           const BitmapLane& L) {
+                                           u32 xbars, u32 scratch, const i64* ptrs, int nk, int kb0, int n0, int it,
+                                           WideSlot& w, float (&acc)[NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
   mbar_wait(xbars + 8 * (it % XSTAGES), (it / XSTAGES) & 1);
   mbar_wait(bars + 8 * w.slot, w.phase);
   __syncthreads();  // stage it - 1's weights are decoded, stage it - 2's wgmmas done in every warp
@@ -571,31 +556,17 @@ __device__ __forceinline__ void wide_stage(const Params& p, const TmaMap* xmap, 
     for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);
   }
   const unsigned long long xdesc = sw128_desc(xring + (it % XSTAGES) * (NT * 8 * X_ROW_BYTES));
-  if (SS) {  // A through shared memory: tile SET of this warpgroup (the other one may still be read by wgmma)
-    const u32 tile = atiles + ((threadIdx.x >> 7) * 2 + SET) * (BLOCK * BLOCK * 2);
-    store_strip(tile, a[SET], strip);
-    fence_proxy_async();  // generic stores, read by the tensor cores through the async proxy
-    asm volatile("bar.sync %0, 128;\n" :: "r"(1 + (threadIdx.x >> 7)) : "memory");  // the group's 4 strips
-    const unsigned long long adesc = sw128_desc(tile);
-    wgmma_fence();
+  wgmma_fence();  // all four fragments first: a register written between a stage's wgmmas serializes them
 #pragma unroll
-    for (int f = 0; f < 4; f++) {
-      if (FIRST && f == 0) wgmma_ss<NT, BF16, 0>(acc, adesc, xdesc);
-      else wgmma_ss<NT, BF16>(acc, adesc + 2 * f, xdesc + 2 * f);
-    }
-  } else {
-    wgmma_fence();  // all four fragments first: a register written between a stage's wgmmas serializes them
-#pragma unroll
-    for (int f = 0; f < 4; f++) {
-      if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);  // acc = A.B: no zeroed accumulators
-      else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
-    }
+  for (int f = 0; f < 4; f++) {
+    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);  // acc = A.B: no zeroed accumulators
+    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
   }
   wgmma_commit();
   wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and X slot are free
 }
 
-template <int FMT, int NT, int XSTAGES, bool BF16, bool SS>
+template <int FMT, int NT, int XSTAGES, bool BF16>
 __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, const __grid_constant__ TmaMap xmap) {
   static_assert(FMT != FMT_CSL && XSTAGES >= 3, "the wide kernel decodes bitmap blocks, >= 3 X stages");
   extern __shared__ __align__(16) u8 smem[];
@@ -604,8 +575,7 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   const int nk = min(p.KB - kb0, p.kb_per_split);
   // [X ring (1 KB aligned slots) | weight ring | per-warp scratch | weight mbarriers | block offsets]
   const u32 xring = (smem_addr(smem) + 1023) & ~1023u;
-  const u32 atiles = xring + XSTAGES * (NT * 8 * X_ROW_BYTES);  // SS: two 8 KB A tiles per warpgroup
-  const u32 wring = atiles + (SS ? 4 * BLOCK * BLOCK * 2 : 0);
+  const u32 wring = xring + XSTAGES * (NT * 8 * X_ROW_BYTES);
   const u32 scratch = wring + p.w_stages * 2 * p.stage_w_bytes;  // 128 bytes per warp: popcounts / pair bases
   const u32 xbars = scratch + (WIDE_THREADS / 32) * 128, bars = xbars + 8 * XSTAGES;  // X ring's, weight ring's
   i64* ptrs = (i64*)(smem + (bars + p.w_stages * 8 - smem_addr(smem)));
@@ -627,12 +597,12 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   WideSlot w = {0, 0u};
   u32 a[2][4][4];
   // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-  wide_stage<FMT, NT, XSTAGES, BF16, SS, 0, true>(p, &xmap, xring, wring, bars, xbars, atiles, warp_scr, ptrs, nk, kb0, n0, 0, w, acc, a, L);
-  wide_stage<FMT, NT, XSTAGES, BF16, SS, 1, false>(p, &xmap, xring, wring, bars, xbars, atiles, warp_scr, ptrs, nk, kb0, n0, 1, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, 0, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, 1, w, acc, a, L);
   for (int it = 2; it < nk; it += 2) {
-    wide_stage<FMT, NT, XSTAGES, BF16, SS, 0, false>(p, &xmap, xring, wring, bars, xbars, atiles, warp_scr, ptrs, nk, kb0, n0, it, w,
+    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, it, w,
                                                  acc, a, L);
-    wide_stage<FMT, NT, XSTAGES, BF16, SS, 1, false>(p, &xmap, xring, wring, bars, xbars, atiles, warp_scr, ptrs, nk, kb0, n0, it + 1,
+    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, it + 1,
                                                  w, acc, a, L);
   }
   wgmma_wait<0>();
