@@ -27,7 +27,7 @@ MAX_CLUSTER = 8  # the portable cluster size (csrc/spmm.cu MAX_CLUSTER)
 DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu DECOMPRESS_KPER)
 DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
 MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multiplied by cuBLAS (measured crossover)
-WIDE_THREADS = 256  # the wide kernel: two warpgroups (csrc/spmm.cu spmm_wide)
+WIDE_THREADS = 384  # the wide kernel: two consumer warpgroups and a producer (csrc/spmm.cu spmm_wide)
 WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
 WIDE_STAGES = {16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
@@ -237,9 +237,10 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
         split = wide_split(m, n, kb, tiles, nt, sms)
     kb_per_split = -(-kb // max(1, split))
     split = -(-kb // kb_per_split)  # every slice keeps >= 1 block: the kernel's first stage needs one
-    # +1 KB to align the X ring, per-warp scratch, both blocks' offsets; then the X ring and the weight ring
-    fixed = 1024 + (WIDE_THREADS // 32) * 128 + 2 * (kb_per_split + 1) * 8
-    x_bytes, w_bytes = nt * 8 * 128, 2 * stage_w + 8  # a weight slot: two blocks and its mbarrier
+    # +1 KB to align the X ring, the consumer warps' scratch, both blocks' offsets; then the two rings (a slot:
+    # an X tile or two weight blocks, and its full and empty mbarriers)
+    fixed = 1024 + 8 * 128 + 2 * (kb_per_split + 1) * 8
+    x_bytes, w_bytes = nt * 8 * 128 + 16, 2 * stage_w + 16
     stages = stages or WIDE_STAGES[nt]
     if fixed + stages * x_bytes + 3 * w_bytes > SMEM_PER_SM:
         stages = 3  # the compiled fallback (all_variants)

@@ -460,27 +460,26 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The wide kernel (prefill: 65 to a few thousand tokens; sm_90a, bitmap and pair bitmap).  A CTA of two
-// warpgroups multiplies two 64-row blocks (128 rows) by NT*8 tokens (128 or 256): warpgroup g decodes
-// block g into A registers - the SpMM kernels' decode, warp w taking strip w % 4 - and issues wgmma
-// m64nNk16 against the stage's X tile, read by the tensor cores straight from shared memory.  The two
-// groups share that tile, so X crosses L2 once per 128 rows (64-row tiles would need ~13 TB/s of L2 at
-// 256 tokens), and the decode is paid once for all NT*8 tokens instead of once per 64 (the SpMM
-// kernels' grid.y chunks); decompress-then-cuBLAS moved 2 + 2 bytes per weight through HBM besides.
-// Two rings: X tiles (XSTAGES deep; a slot is free once the wgmmas that read it are done, two stages
-// later) and weight blocks (p.w_stages deep; a slot is free once decoded, one stage later).  With one
-// CTA per SM the weights need the deeper ring: at 4 stages of both the bytes in flight were too few
-// to cover HBM latency (a kernel with decode, X and MMA all cut out still took 101 us on 12288x12288
-// at 50 %, for 170 MB: 1.7 TB/s; H100).  Pipelined like bitmap_wg_body: two A register sets, wait_group 1.
-#define WIDE_THREADS 256
-#if FLASHLLM_BULK  // Hopper only: bulk copies and wgmma
+// The wide kernel (prefill: 65 to ~1000 tokens; sm_90a, bitmap and pair bitmap).  Two warpgroups
+// multiply two 64-row blocks (128 rows) by NT*8 tokens (128 or 256): warpgroup g decodes block g into A
+// registers - the SpMM kernels' decode, warp w taking strip w % 4 - and issues wgmma m64nNk16 against
+// the stage's X tile, which the tensor cores read straight from shared memory.  The groups share that
+// tile, so X crosses L2 once per 128 rows, and the decode is paid once for all NT*8 tokens instead of
+// once per 64 (the SpMM kernels' grid.y chunks); decompress-then-cuBLAS also moves 2 + 2 bytes per
+// weight through HBM.
+// A third warpgroup is the producer: X tiles by TMA (a tensor map of X whose box is the tile and whose
+// 128-byte swizzle is our layout; zeros past N and K), weight blocks by bulk copy, into two rings with
+// full / empty mbarriers.  So no CTA-wide barrier paces the stages and each warpgroup runs on its own.
+// Measured on an H100 (12288x12288, 50 %, benchmarks/wide_ablate.py): every thread copying its share
+// of X cost ~80 instructions per warp and stage; and a CTA barrier per stage, with the copies issued
+// by the consumers, left the stage loop latency-bound (decode, copies and wgmma added up, 0.58-0.75x).
+// Per stage, like bitmap_wg_body: two A register sets, wait_group 1.
+#define WIDE_CONSUMERS 256  // two warpgroups
+#define WIDE_THREADS 384    // + the producer warpgroup (one thread works; its registers go to the consumers)
+#if FLASHLLM_BULK  // Hopper only: bulk copies, TMA and wgmma
 
-// X tiles come by TMA: one thread per stage, a tensor map of X (box: 64 K-values x NT*8 tokens, the
-// hardware's 128-byte swizzle = our X tile layout; rows past N and columns past K read as zeros).  Every
-// thread copying its share with cp.async cost ~80 instructions per warp and stage (64-bit row math that
-// ptxas rematerialized inside the loop, short of registers beside 128 accumulators).
 struct __align__(64) TmaMap {
-  unsigned long long opaque[16];  // CUtensorMap, encoded on the host for each launch (X moves)
+  unsigned long long opaque[16];  // a CUtensorMap, encoded on the host for each launch (X moves)
 };
 
 __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int c0, int c1, u32 bar) {
@@ -488,61 +487,78 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int c0, 
                :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-// Stage s's X tile (nothing past the pairing stage nk of an odd nk, whose tile lies past K: zeros).
-template <int NT, int XSTAGES>
-__device__ __forceinline__ void wide_load_x(const Params& p, const TmaMap* xmap, u32 xring, u32 xbars, int nk, int kb0,
-                                            int n0, int s) {
-  if (s <= nk && threadIdx.x == 0) {
-    const u32 bar = xbars + 8 * (s % XSTAGES);
-    mbar_arrive_expect(bar, NT * 8 * X_ROW_BYTES);  // the whole box counts, zero-filled parts too
-    tma_load_2d(xring + (s % XSTAGES) * (NT * 8 * X_ROW_BYTES), xmap, (s < nk ? kb0 + s : p.KB) * BLOCK, n0, bar);
-  }
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(bar) : "memory");
 }
 
-// Stage s's two weight blocks: one bulk copy each, by one thread of the warp whose turn it is.  The pairing
-// stage gets zero headers and masks (zero weights), stored directly: the slot is free, and the CTA barriers
-// before stage nk order the stores before any decode of them.
-__device__ __forceinline__ void wide_load_w(const Params& p, u32 wring, u32 bars, const i64* ptrs, int nk, int s,
-                                            int slot) {
-  if (s > nk || (threadIdx.x >> 5) != (s & 7)) return;
-  const int lane = threadIdx.x & 31;
-  const u32 st = wring + slot * 2 * p.stage_w_bytes, bar = bars + 8 * slot;
-  if (s < nk) {
-    if (lane == 0) {
+// A ring position: slot and the parity of the slot's current use (no runtime division by the depth).
+struct RingPos {
+  int slot;
+  u32 phase;
+  __device__ __forceinline__ void next(int depth) {
+    if (++slot == depth) {
+      slot = 0;
+      phase ^= 1u;
+    }
+  }
+};
+
+// The shared memory of the wide kernel: [X ring (1 KB aligned slots) | weight ring | per-warp scratch |
+// mbarriers: X full, X empty, weights full, weights empty | both blocks' offsets].
+template <int NT, int XSTAGES>
+struct WideSmem {
+  static constexpr u32 X_BYTES = NT * 8 * X_ROW_BYTES;
+  u32 xring, wring, scratch, xfull, xempty, wfull, wempty;
+  __device__ __forceinline__ WideSmem(u32 base, const Params& p) {
+    xring = (base + 1023) & ~1023u;
+    wring = xring + XSTAGES * X_BYTES;
+    scratch = wring + p.w_stages * 2 * p.stage_w_bytes;
+    xfull = scratch + (WIDE_CONSUMERS / 32) * 128;
+    xempty = xfull + 8 * XSTAGES;
+    wfull = xempty + 8 * XSTAGES;
+    wempty = wfull + 8 * p.w_stages;
+  }
+  __device__ __forceinline__ u32 end(const Params& p) const { return wempty + 8 * p.w_stages; }
+};
+
+// The producer (lane 0 of warp 8): stages 0 .. nk - 1, and nk when nk is odd (the consumers go in pairs):
+// its X tile lies past K (TMA zero-fills it) and its blocks are zero headers and masks (zero weights),
+// stored here directly.  A slot is refilled once all 8 consumer warps released it.
+template <int NT, int XSTAGES>
+__device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap, const WideSmem<NT, XSTAGES>& S,
+                                             const i64* ptrs, int nk, int kb0, int n0) {
+  RingPos x = {0, 0u}, w = {0, 0u};
+  const int last = nk + (nk & 1);
+  for (int s = 0; s < last; s++) {
+    mbar_wait(S.xempty + 8 * x.slot, x.phase ^ 1u);  // a fresh barrier's "previous phase" counts as done
+    mbar_arrive_expect(S.xfull + 8 * x.slot, S.X_BYTES);  // the whole box counts, zero-filled parts too
+    tma_load_2d(S.xring + x.slot * S.X_BYTES, xmap, (s < nk ? kb0 + s : p.KB) * BLOCK, n0, S.xfull + 8 * x.slot);
+    x.next(XSTAGES);
+    mbar_wait(S.wempty + 8 * w.slot, w.phase ^ 1u);
+    const u32 st = S.wring + w.slot * 2 * p.stage_w_bytes, bar = S.wfull + 8 * w.slot;
+    if (s < nk) {
       const u32 b0 = (u32)(ptrs[s + 1] - ptrs[s]), b1 = (u32)(ptrs[nk + 1 + s + 1] - ptrs[nk + 1 + s]);
-      fence_async_shared();  // the slot's previous contents were read through the generic proxy
       mbar_arrive_expect(bar, b0 + b1);
       if (b0) bulk_copy(st, p.weight + ptrs[s], b0, bar);
       if (b1) bulk_copy(st + p.stage_w_bytes, p.weight + ptrs[nk + 1 + s], b1, bar);
+    } else {
+      for (int c = 0; c < 2 * (528 / 16); c++)
+        asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n"
+                     :: "r"(st + (c / 33) * p.stage_w_bytes + ((c % 33) << 4)), "r"(0));
+      mbar_arrive_expect(bar, 0);  // releases the stores above to the waiting consumers
     }
-  } else {
-    for (int c = lane; c < 2 * (528 / 16); c += 32)
-      asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n" :: "r"(st + (c / 33) * p.stage_w_bytes + ((c % 33) << 4)),
-                   "r"(0));
-    if (lane == 0) mbar_arrive_expect(bar, 0);  // nothing in flight: completes the phase
+    w.next(p.w_stages);
   }
 }
 
-// Where stage `it` sits in the weight ring, and the parity of its mbarrier's phase (no runtime division).
-struct WideSlot {
-  int slot;
-  u32 phase;
-};
-
 template <int FMT, int NT, int XSTAGES, bool BF16, int SET, bool FIRST>
-__device__ __forceinline__ void wide_stage(const Params& p, const TmaMap* xmap, u32 xring, u32 wring, u32 bars,
-                                           u32 xbars, u32 scratch, const i64* ptrs, int nk, int kb0, int n0, int it,
-                                           WideSlot& w, float (&acc)[NT][4], u32 (&a)[2][4][4], const BitmapLane& L) {
-  mbar_wait(xbars + 8 * (it % XSTAGES), (it / XSTAGES) & 1);
-  mbar_wait(bars + 8 * w.slot, w.phase);
-  __syncthreads();  // stage it - 1's weights are decoded, stage it - 2's wgmmas done in every warp
-  wide_load_x<NT, XSTAGES>(p, xmap, xring, xbars, nk, kb0, n0, it + XSTAGES - 2);
-  wide_load_w(p, wring, bars, ptrs, nk, it + p.w_stages - 1, w.slot == 0 ? p.w_stages - 1 : w.slot - 1);
-  const u32 blk = wring + w.slot * 2 * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
-  if (++w.slot == p.w_stages) {
-    w.slot = 0;
-    w.phase ^= 1u;
-  }
+__device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, XSTAGES>& S, u32 scratch, int it,
+                                           RingPos& x, RingPos& w, float (&acc)[NT][4], u32 (&a)[2][4][4],
+                                           const BitmapLane& L) {
+  const bool lead = (threadIdx.x & 31) == 0;
+  mbar_wait(S.xfull + 8 * x.slot, x.phase);
+  mbar_wait(S.wfull + 8 * w.slot, w.phase);
+  const u32 blk = S.wring + w.slot * 2 * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
   const int strip = (threadIdx.x >> 5) & 3;
   if (FMT == FMT_PAIRMAP) {
     pair_bases(blk, blk, scratch, scratch, strip);
@@ -555,7 +571,10 @@ __device__ __forceinline__ void wide_stage(const Params& p, const TmaMap* xmap, 
 #pragma unroll
     for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);
   }
-  const unsigned long long xdesc = sw128_desc(xring + (it % XSTAGES) * (NT * 8 * X_ROW_BYTES));
+  __syncwarp();
+  if (lead) mbar_arrive(S.wempty + 8 * w.slot);  // this warp is done reading the blocks
+  w.next(p.w_stages);
+  const unsigned long long xdesc = sw128_desc(S.xring + x.slot * S.X_BYTES);
   wgmma_fence();  // all four fragments first: a register written between a stage's wgmmas serializes them
 #pragma unroll
   for (int f = 0; f < 4; f++) {
@@ -564,6 +583,8 @@ __device__ __forceinline__ void wide_stage(const Params& p, const TmaMap* xmap, 
   }
   wgmma_commit();
   wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and X slot are free
+  if (!FIRST && lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));
+  x.next(XSTAGES);
 }
 
 template <int FMT, int NT, int XSTAGES, bool BF16>
@@ -572,38 +593,43 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   extern __shared__ __align__(16) u8 smem[];
   const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
   const int kb0 = blockIdx.z * p.kb_per_split;
-  const int nk = min(p.KB - kb0, p.kb_per_split);
-  // [X ring (1 KB aligned slots) | weight ring | per-warp scratch | weight mbarriers | block offsets]
-  const u32 xring = (smem_addr(smem) + 1023) & ~1023u;
-  const u32 wring = xring + XSTAGES * (NT * 8 * X_ROW_BYTES);
-  const u32 scratch = wring + p.w_stages * 2 * p.stage_w_bytes;  // 128 bytes per warp: popcounts / pair bases
-  const u32 xbars = scratch + (WIDE_THREADS / 32) * 128, bars = xbars + 8 * XSTAGES;  // X ring's, weight ring's
-  i64* ptrs = (i64*)(smem + (bars + p.w_stages * 8 - smem_addr(smem)));
+  const int nk = min(p.KB - kb0, p.kb_per_split);  // dispatch keeps nk >= 1
+  const WideSmem<NT, XSTAGES> S(smem_addr(smem), p);
+  i64* ptrs = (i64*)(smem + (S.end(p) - smem_addr(smem)));
   load_block_ptrs<2, false, WIDE_THREADS>(ptrs, p, mt, kb0, nk);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < XSTAGES; s++) mbar_init(xbars + 8 * s, 1);
-    for (int s = 0; s < p.w_stages; s++) mbar_init(bars + 8 * s, 1);
+    for (int s = 0; s < XSTAGES; s++) {
+      mbar_init(S.xfull + 8 * s, 1);
+      mbar_init(S.xempty + 8 * s, WIDE_CONSUMERS / 32);
+    }
+    for (int s = 0; s < p.w_stages; s++) {
+      mbar_init(S.wfull + 8 * s, 1);
+      mbar_init(S.wempty + 8 * s, WIDE_CONSUMERS / 32);
+    }
     mbar_fence_init();
   }
   __syncthreads();
+  // 384 threads leave ptxas 168 registers each; the producer group hands most of its share to the two
+  // consumer groups (40 + 2 x 232 <= 512 per thread slot), which need 128 for accumulators alone.
+  if (threadIdx.x >= WIDE_CONSUMERS) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x == WIDE_CONSUMERS) wide_produce<NT, XSTAGES>(p, &xmap, S, ptrs, nk, kb0, n0);
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   // No zeroing: the first wgmma overwrites the accumulators.  Zeroed registers meeting the loop's
-  // in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).  Dispatch keeps nk >= 1.
+  // in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).
   float acc[NT][4];
   const BitmapLane L = bitmap_lane();
-  const u32 warp_scr = scratch + (threadIdx.x >> 5) * 128;
-#pragma unroll
-  for (int s = 0; s < XSTAGES - 2; s++) wide_load_x<NT, XSTAGES>(p, &xmap, xring, xbars, nk, kb0, n0, s);
-  for (int s = 0; s < p.w_stages - 1; s++) wide_load_w(p, wring, bars, ptrs, nk, s, s);
-  WideSlot w = {0, 0u};
+  const u32 scratch = S.scratch + (threadIdx.x >> 5) * 128;
+  RingPos x = {0, 0u}, w = {0, 0u};
   u32 a[2][4][4];
   // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, 0, w, acc, a, L);
-  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, 1, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, 0, x, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, 1, x, w, acc, a, L);
   for (int it = 2; it < nk; it += 2) {
-    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, it, w,
-                                                 acc, a, L);
-    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, &xmap, xring, wring, bars, xbars, warp_scr, ptrs, nk, kb0, n0, it + 1,
-                                                 w, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, it, x, w, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, it + 1, x, w, acc, a, L);
   }
   wgmma_wait<0>();
   store_tile<NT, BF16>(p, acc, (mt * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16, n0);
