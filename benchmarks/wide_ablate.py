@@ -14,8 +14,8 @@ from flashllm.bench.kernel import clone_weight
 from flashllm.bench.timing import copies_to_defeat_l2, time_graph
 from flashllm.kernels import dispatch, jit
 
-X = [("    mbar_arrive_expect(bar, NT * 8 * X_ROW_BYTES);", "    mbar_arrive_expect(bar, 0);"),
-     ("    tma_load_2d(xring", "    if (0) tma_load_2d(xring")]
+X = [("mbar_arrive_expect(S.xfull + 8 * x.slot, S.X_BYTES);", "mbar_arrive_expect(S.xfull + 8 * x.slot, 0);"),
+     ("    tma_load_2d(S.xring", "    if (0) tma_load_2d(S.xring")]
 DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, scratch, f, strip);",
         "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = blk + f + q;"),
        ("    for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);",
