@@ -308,7 +308,8 @@ def x_tensor_map(x: torch.Tensor, nt: int) -> ctypes.Array:
     dtype = (d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if x.dtype == torch.bfloat16
              else d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16)
     err, tmap = d.cuTensorMapEncodeTiled(
-        dtype, 2, x.data_ptr(), [k, n], [x.stride(0) * x.element_size()], [BLOCK, 8 * nt], [1, 1],
+        dtype, 2, x.data_ptr(), [d.cuuint64_t(k), d.cuuint64_t(n)], [d.cuuint64_t(x.stride(0) * x.element_size())],
+        [d.cuuint32_t(BLOCK), d.cuuint32_t(8 * nt)], [d.cuuint32_t(1), d.cuuint32_t(1)],
         d.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, d.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
         d.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
         d.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
