@@ -29,6 +29,10 @@ for fmt in ("bitmap", "tiled_csl", "pairmap"):
                         cases += 1
             assert torch.equal(decompress_cuda(sw), w)  # as numbers: w * mask leaves -0.0 where compress stores +0
             cases += 1
+            if hopper and fmt != "tiled_csl":  # the wide kernel: both tiles, a forced split, a 3-deep X ring
+                for n, kw in ((65, {"nt": 16}), (300, {"nt": 32, "split": 2}), (130, {"nt": 16, "stages": 3})):
+                    dispatch.spmm_kernel(torch.randn(n, k, device="cuda").to(dtype), sw, bias, wide=1, **kw)
+                    cases += 1
             if fmt == "pairmap":  # every tile config of its kernel (spw 1 is never the heuristic's)
                 x = torch.randn(40, k, device="cuda").to(dtype)
                 for kw in ({"spw": 1}, {"spw": 1, "stages": 4, "split": 2}, {"stages": 3, "split": 5}):

@@ -32,7 +32,9 @@ WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
 WIDE_STAGES = {16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
 WIDE_MAX_W_STAGES = 12  # weight ring depth, as far as shared memory allows (>= 3)
-WIDE_MIN_N, WIDE_MAX_N = 65, 4096  # token counts the wide kernel takes on sm_90a (see use_wide)
+WIDE_MIN_N, WIDE_MAX_N = 65, 1024  # token counts the wide kernel takes on sm_90a (see use_wide)
+WIDE_BITMAP_MIN_N = 33  # the bitmap from here on, on matrices of up to WIDE_BITMAP_MAX_ROW_BLOCKS row blocks
+WIDE_BITMAP_MAX_ROW_BLOCKS = 256
 
 
 class Params(ctypes.Structure):
@@ -198,9 +200,22 @@ def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
     return max(1, min(most, fits))
 
 
-def use_wide(fmt: str, n: int, hopper: bool) -> bool:
-    """Whether `n` tokens go through the wide kernel (sm_90a, bitmap and pair bitmap)."""
-    return hopper and fmt in WIDE_FORMATS and WIDE_MIN_N <= n <= WIDE_MAX_N
+def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
+    """Whether `n` tokens through an M-row weight go to the wide kernel (sm_90a, bitmap and pair bitmap).
+
+    Measured on an H100 (benchmarks/wide_probe.py; NOTES.md "The wide kernel"), against what ran there
+    before: 65-1024 tokens, the SpMM kernel in 64-token chunks or decompression + cuBLAS, both formats, every
+    shape (12288x12288 at 50 %: N = 128 0.57 -> 1.00x cuBLAS, 512 0.51 -> 0.69x, 1024 0.67 -> 0.75x; from
+    2048 tokens decompression + cuBLAS was as fast or faster).  33-64 tokens: the bitmap on matrices of up to
+    16384 rows (7168x7168 50 %, N = 64: 0.76 -> 1.01x; 12288x12288 0.83 -> 0.96x), where the mma.sync
+    kernel's grid is small; from 21504 rows that kernel was faster (27648x9216: 1.10 against 0.89x), and the
+    pair bitmap's was faster everywhere.
+    """
+    if not hopper or fmt not in WIDE_FORMATS or n > WIDE_MAX_N:
+        return False
+    if n >= WIDE_MIN_N:
+        return True
+    return fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N and -(-m // BLOCK) <= WIDE_BITMAP_MAX_ROW_BLOCKS
 
 
 # The wide kernel's split-K model: one CTA per SM (194-246 registers x 256 threads), a stage (two 64x64
@@ -338,9 +353,10 @@ def config_for(w: SparseWeight, n: int, **overrides):
     if w.format == "sell":
         return choose_sell_config(*w.shape, n, sms, **overrides)
     hopper = jit.arch_for(cap) == "sm_90a"
+    overrides = {key: v for key, v in overrides.items() if v is not None}
     wide = overrides.pop("wide", None)
-    if wide is None:
-        wide = use_wide(w.format, n, hopper) and not overrides
+    if wide is None:  # a forced split may go either way; other overrides name an mma.sync / wgmma config
+        wide = use_wide(w.format, w.shape[0], n, hopper) and set(overrides) <= {"split"}
     if wide:
         if not hopper:
             raise ValueError("the wide kernel needs sm_90a (Hopper)")
@@ -385,7 +401,7 @@ def run(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> t
     """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
     cap = _device_props(x.device.index)[1]
     limit = MAX_SELL_N if w.format == "sell" else MAX_KERNEL_N
-    if use_wide(w.format, x.shape[0], jit.arch_for(cap) == "sm_90a"):
+    if use_wide(w.format, w.shape[0], x.shape[0], jit.arch_for(cap) == "sm_90a"):
         limit = WIDE_MAX_N
     if x.dtype != w.dtype or x.shape[0] > limit or cap < (8, 0):
         from .decompress import dense_matmul

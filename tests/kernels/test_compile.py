@@ -87,6 +87,33 @@ def test_pairmap_at_64_tokens_keeps_one_wave():
     assert dispatch.choose_config("pairmap", 9216, 9216, 64, 2000, 132).split == 4  # off Hopper: wave_split's
 
 
+def test_wide_config_is_valid_and_compiled():
+    """The wide kernel's config: every K slice keeps a block (its first wgmma overwrites the accumulators), the
+    rings fit shared memory for blocks up to fully dense, and the kernel it names is one CI compiles."""
+    for fmt, dense_block in (("bitmap", 528 + 8192), ("pairmap", 272 + 8192)):
+        for (m, k) in [(1, 1), (130, 517), (7168, 7168), (12288, 49152), (49152, 12288), (100, 30000)]:
+            for n in (33, 65, 128, 129, 512, 1024):
+                for block in (dense_block // 5, dense_block):
+                    cfg = dispatch.choose_wide_config(fmt, m, k, n, block, 132)
+                    kb = -(-k // 64)
+                    assert cfg.split * cfg.kb_per_split >= kb > (cfg.split - 1) * cfg.kb_per_split
+                    assert cfg.smem <= dispatch.SMEM_PER_SM and cfg.w_stages >= 3
+                    assert cfg.wide and cfg.threads == dispatch.WIDE_THREADS and 8 * cfg.nt >= min(n, 128)
+                    assert cfg.name(fmt, fmt == "bitmap") in dispatch.all_variants()
+    with pytest.raises(ValueError, match="decodes"):
+        dispatch.choose_wide_config("tiled_csl", 512, 512, 256, 4000, 132)
+
+
+def test_wide_rule():
+    """dispatch.use_wide: sm_90a only; 65-1024 tokens for both bitmap formats; the bitmap from 33 tokens on
+    matrices of up to 16384 rows; never sliced ELL or Tiled-CSL."""
+    assert dispatch.use_wide("bitmap", 28672, 65, True) and dispatch.use_wide("pairmap", 7168, 1024, True)
+    assert not dispatch.use_wide("bitmap", 7168, 512, False) and not dispatch.use_wide("tiled_csl", 7168, 512, True)
+    assert not dispatch.use_wide("pairmap", 7168, 2048, True) and not dispatch.use_wide("bitmap", 7168, 32, True)
+    assert dispatch.use_wide("bitmap", 16384, 33, True) and not dispatch.use_wide("bitmap", 16385, 64, True)
+    assert not dispatch.use_wide("pairmap", 7168, 64, True)
+
+
 def test_sell_config_heuristic_is_valid():
     from flashllm.formats.sell import grid
     from flashllm.kernels import sell_launch
