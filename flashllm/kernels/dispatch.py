@@ -26,8 +26,9 @@ STAGE_CHOICES = (2, 3, 4)
 MAX_CLUSTER = 8  # the portable cluster size (csrc/spmm.cu MAX_CLUSTER)
 DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu DECOMPRESS_KPER)
 DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
-MAX_KERNEL_N = 128  # above this the weight is decompressed in chunks and multiplied by cuBLAS (measured crossover)
+MAX_KERNEL_N = 128  # above this (WIDE_MAX_N where use_wide) the weight is decompressed in chunks for cuBLAS
 WIDE_THREADS = 384  # the wide kernel: two consumer warpgroups and a producer (csrc/spmm.cu spmm_wide)
+WIDE_CONSUMER_WARPS = 8
 WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
 WIDE_STAGES = {16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
@@ -57,7 +58,7 @@ class Config:
     smem: int
     wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
-    wide: bool = False  # the wide (prefill) kernel: 256 threads, two blocks, 128-256 tokens per CTA
+    wide: bool = False  # the wide kernel: 384 threads, two 64-row blocks, 128-256 tokens per CTA
     w_stages: int = 0   # the wide kernel's weight ring (its X ring is `stages` deep)
 
     def name(self, fmt: str, bf16: bool) -> str:
@@ -218,7 +219,7 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     return fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N and -(-m // BLOCK) <= WIDE_BITMAP_MAX_ROW_BLOCKS
 
 
-# The wide kernel's split-K model: one CTA per SM (194-246 registers x 256 threads), a stage (two 64x64
+# The wide kernel's split-K model: one CTA per SM (384 threads x 168 registers), a stage (two 64x64
 # blocks times 8 * nt tokens) at the tensor cores' pace, fp32 partials through HBM for split > 1.
 WIDE_SM_FLOPS_PER_US = 6.0e6  # ~800 TFLOPS / 132 SMs of dense fp16 wgmma
 PARTIAL_BYTES_PER_US = 2.5e6  # the partials' write + the reduce kernel's read
@@ -254,7 +255,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     split = -(-kb // kb_per_split)  # every slice keeps >= 1 block: the kernel's first stage needs one
     # +1 KB to align the X ring, the consumer warps' scratch, both blocks' offsets; then the two rings (a slot:
     # an X tile or two weight blocks, and its full and empty mbarriers)
-    fixed = 1024 + 8 * 128 + 2 * (kb_per_split + 1) * 8
+    fixed = 1024 + WIDE_CONSUMER_WARPS * 128 + 2 * (kb_per_split + 1) * 8
     x_bytes, w_bytes = nt * 8 * 128 + 16, 2 * stage_w + 16
     stages = stages or WIDE_STAGES[nt]
     if fixed + stages * x_bytes + 3 * w_bytes > SMEM_PER_SM:
@@ -291,9 +292,9 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     bf16 = w.dtype == torch.bfloat16
     name = cfg.name(w.format, bf16)
     kernel = jit.get_kernel(name, dev, cap)
-    if cfg.wide and cfg.split > -(-block_grid((m, k))[1] // cfg.kb_per_split):
-        raise ValueError("every K slice of the wide kernel needs a block")  # its first stage overwrites acc
     mb, kb = block_grid((m, k))
+    if cfg.wide and cfg.split > -(-kb // cfg.kb_per_split):
+        raise ValueError("every K slice of the wide kernel needs a block")  # its first wgmma sets the accumulators
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
     if cfg.cluster and not _clusters_fit(name, dev, grid, cfg.smem, cfg.split):
         cfg = replace(cfg, cluster=False)  # this GPU (partition) cannot place one: the reduce kernel

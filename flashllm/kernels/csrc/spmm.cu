@@ -3,6 +3,8 @@
 // Grid: x = M tiles of SPW format blocks (64*SPW rows), y = N chunks of NT*8 tokens, z = split-K.
 // Each CTA streams its blocks' compressed bytes and its X tile through a STAGES-deep cp.async
 // ring; warp w decodes strip w (16 rows) of each block into mma.sync A fragments and multiplies.
+// The wide kernel (prefill, sm_90a; further down) decodes the same way for 128-256 tokens at once, with
+// wgmma, TMA and a producer warpgroup.
 // The block formats differ only in how a stage becomes A fragments:
 //   bitmap    - straight from the mask words and value streams into registers (no dense tile);
 //   pairmap   - the same with one mask bit per register: one popcount and one 32-bit load each;
@@ -158,6 +160,7 @@ __device__ __forceinline__ u32 decode_reg(u32 word, u32 advance, const BitmapLan
   return pack_halves(lo, hi);
 }
 
+// Strip `strip` (16 rows) of a block is decoded by one warp: warp w in the SpMM kernels, w % 4 in the wide one.
 // Where the warp's strip of the block at `blk` keeps its values, minus 2 bytes (see above): after the
 // previous strips', from the block's 16-byte header of u16 running counts.  Half 1 adds the first
 // register's half-0 run (strip_popcounts returns it).
