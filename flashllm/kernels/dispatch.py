@@ -319,22 +319,18 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
 def x_tensor_map(x: torch.Tensor, nt: int) -> ctypes.Array:
     """The wide kernel's TMA descriptor of X [N, K] (prepared: rows 16-byte aligned, K padded to 8 with
     zeros): boxes of 64 K-values x 8 * nt tokens, 128-byte swizzle, zeros past the edges."""
-    return _encode_x_map(x.data_ptr(), *x.shape, x.stride(0) * x.element_size(), x.dtype == torch.bfloat16, nt)
-
-
-@functools.lru_cache(maxsize=256)  # a map depends on these alone: eager calls on a reused buffer skip the driver
-def _encode_x_map(ptr: int, n: int, k: int, row_bytes: int, bf16: bool, nt: int) -> ctypes.Array:
     from cuda.bindings import driver as d
-    dtype = (d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if bf16
+    n, k = x.shape
+    dtype = (d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if x.dtype == torch.bfloat16
              else d.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16)
     err, tmap = d.cuTensorMapEncodeTiled(
-        dtype, 2, ptr, [d.cuuint64_t(k), d.cuuint64_t(n)], [d.cuuint64_t(row_bytes)],
+        dtype, 2, x.data_ptr(), [d.cuuint64_t(k), d.cuuint64_t(n)], [d.cuuint64_t(x.stride(0) * x.element_size())],
         [d.cuuint32_t(BLOCK), d.cuuint32_t(8 * nt)], [d.cuuint32_t(1), d.cuuint32_t(1)],
         d.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, d.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
         d.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
         d.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
     if int(err) != 0:
-        raise RuntimeError(f"cuTensorMapEncodeTiled failed: {err!r} (X [{n}, {k}], {row_bytes} bytes a row)")
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed: {err!r} (X {tuple(x.shape)}, stride {x.stride(0)})")
     out = (ctypes.c_uint64 * 16)()
     ctypes.memmove(out, tmap.getPtr(), 128)
     return out
