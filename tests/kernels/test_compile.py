@@ -114,6 +114,29 @@ def test_wide_rule():
     assert not dispatch.use_wide("pairmap", 7168, 64, True)
 
 
+@pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
+def test_config_for_routes_to_the_wide_kernel(monkeypatch, capability):
+    """config_for: the wide kernel where use_wide says so and no override names another kernel's config (a
+    forced split alone keeps it); never off sm_90a, where asking for it is an error."""
+    import torch
+
+    import flashllm
+    monkeypatch.setattr(dispatch, "_device_props", lambda index: (132, capability))
+    hopper = capability == (9, 0)
+    gen = torch.Generator().manual_seed(0)
+    small, big = (flashllm.compress(torch.randn(m, 576, generator=gen).half(), "bitmap") for m in (7168, 21504))
+    assert dispatch.config_for(small, 64).wide == hopper and dispatch.config_for(big, 300).wide == hopper
+    assert not dispatch.config_for(big, 64).wide and not dispatch.config_for(small, 32).wide
+    assert dispatch.config_for(small, 300, split=3, stages=None).wide == hopper  # None: not an override
+    assert not dispatch.config_for(small, 300, spw=1).wide and not dispatch.config_for(small, 64, wg=False).wide
+    if hopper:
+        assert dispatch.config_for(small, 300, split=3).split == 3
+        assert dispatch.config_for(big, 64, wide=1).wide
+    else:
+        with pytest.raises(ValueError, match="sm_90a"):
+            dispatch.config_for(small, 300, wide=1)
+
+
 def test_sell_config_heuristic_is_valid():
     from flashllm.formats.sell import grid
     from flashllm.kernels import sell_launch
