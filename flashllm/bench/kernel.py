@@ -210,7 +210,11 @@ def plot(result, path):
         return
     rows = result["rows"]
     formats = sorted({r["format"] for r in rows})
-    fig, axes = plt.subplots(1, len(formats), figsize=(6 * len(formats), 4.5), squeeze=False)
+    large = result.get("large_n") or []
+    panels = len(formats) + (1 if large else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    if large:
+        plot_large_n(axes[0][-1], large, result["device"])
     for ax, f in zip(axes[0], formats):
         for n in sorted({r["N"] for r in rows}):
             xs = sorted({r["sparsity"] for r in rows})
@@ -225,6 +229,21 @@ def plot(result, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
+
+
+def plot_large_n(ax, large: list, device: str) -> None:
+    """Prefill sizes: what dispatch picks, against cuBLAS, by N (one line per format), and the 0.9x floor."""
+    for f in sorted({r["format"] for r in large}):
+        pts = sorted((r["N"], r["dispatch_vs_dense"]) for r in large if r["format"] == f)
+        ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o", label=f)
+    m, k, s = large[0]["M"], large[0]["K"], large[0]["sparsity"]
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.axhline(0.9, color="red", lw=0.8, ls=":", label="issue floor 0.9x")
+    ax.set_xscale("log", base=2)
+    ax.set_title(f"prefill {m}x{k} at {s:.0%}: dispatch vs cuBLAS, {device}")
+    ax.set_xlabel("tokens N")
+    ax.set_ylabel("speedup over cuBLAS (F.linear)")
+    ax.legend()
 
 
 def main(argv=None):
