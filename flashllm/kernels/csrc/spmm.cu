@@ -3,13 +3,13 @@
 // Grid: x = M tiles of SPW format blocks (64*SPW rows), y = N chunks of NT*8 tokens, z = split-K.
 // Each CTA streams its blocks' compressed bytes and its X tile through a STAGES-deep cp.async
 // ring; warp w decodes strip w (16 rows) of each block into mma.sync A fragments and multiplies.
-// The wide kernel (prefill, sm_90a; further down) decodes the same way for 128-256 tokens at once, with
-// wgmma, TMA and a producer warpgroup.
 // The block formats differ only in how a stage becomes A fragments:
 //   bitmap    - straight from the mask words and value streams into registers (no dense tile);
 //   pairmap   - the same with one mask bit per register: one popcount and one 32-bit load each;
 //   tiled_csl - the Flash-LLM way: scatter the words into a zeroed, swizzled dense tile in shared
 //               memory, then ldmatrix it.
+// The wide kernel (prefill, sm_90a; further down) decodes the bitmap formats the same way for 128-256
+// tokens at once, with wgmma, TMA and a producer warpgroup.
 #include "common.cuh"
 #include "wgmma.cuh"
 
@@ -524,7 +524,7 @@ struct WideSmem {
   __device__ __forceinline__ u32 end(const Params& p) const { return wempty + 8 * p.w_stages; }
 };
 
-// The producer (lane 0 of warp 8): stages 0 .. nk - 1, and nk when nk is odd (the consumers go in pairs):
+// The producer (thread 256, the first of the third warpgroup): stages 0 .. nk - 1, and nk when nk is odd (the consumers go in pairs):
 // its X tile lies past K (TMA zero-fills it) and its blocks are zero headers and masks (zero weights),
 // stored here directly.  A slot is refilled once all 8 consumer warps released it.
 template <int NT, int XSTAGES>
@@ -555,7 +555,7 @@ __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap
 }
 
 template <int FMT, int NT, int XSTAGES, bool BF16, int SET, bool FIRST>
-__device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, XSTAGES>& S, u32 scratch, int it,
+__device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, XSTAGES>& S, u32 scratch,
                                            RingPos& x, RingPos& w, float (&acc)[NT][4], u32 (&a)[2][4][4],
                                            const BitmapLane& L) {
   const bool lead = (threadIdx.x & 31) == 0;
@@ -628,11 +628,11 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   RingPos x = {0, 0u}, w = {0, 0u};
   u32 a[2][4][4];
   // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, 0, x, w, acc, a, L);
-  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, 1, x, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, x, w, acc, a, L);
+  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
   for (int it = 2; it < nk; it += 2) {
-    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, it, x, w, acc, a, L);
-    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, it + 1, x, w, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, x, w, acc, a, L);
+    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
   }
   wgmma_wait<0>();
   store_tile<NT, BF16>(p, acc, (mt * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16, n0);
