@@ -61,4 +61,4 @@ for m, k in shapes:
             cfg = dispatch.config_for(sw, n, wide=1)
             cells = [f"{label} {t_dense / statistics.median(ts):.2f}x" for (label, _), ts in zip(columns, times)]
             print(f"{m}x{k} {fmt} {sp:.0%} N={n:4d} cuBLAS {t_dense:7.1f} us | " + " | ".join(cells)
-                  + f"  [wide nt{cfg.nt} split{cfg.split} st{cfg.stages}]", flush=True)
+                  + f"  [wide nt{cfg.nt} ctas{cfg.ctas} st{cfg.stages}]", flush=True)

@@ -44,7 +44,7 @@ class Params(ctypes.Structure):
                 ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("ldx", ctypes.c_int),
                 ("MB", ctypes.c_int), ("KB", ctypes.c_int), ("kb_per_split", ctypes.c_int),
                 ("stage_w_bytes", ctypes.c_int), ("bias", ctypes.c_void_p), ("cluster", ctypes.c_int),
-                ("w_stages", ctypes.c_int)]
+                ("w_stages", ctypes.c_int), ("counters", ctypes.c_void_p)]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Config:
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
     wide: bool = False  # the wide kernel: 384 threads, two 64-row blocks, 128-256 tokens per CTA
     w_stages: int = 0   # the wide kernel's weight ring (its X ring is `stages` deep)
+    ctas: int = 0       # the wide kernel's grid: CTAs sharing its (tile, K block) iterations (stream-K)
 
     def name(self, fmt: str, bf16: bool) -> str:
         flag = lambda b: "true" if b else "false"  # noqa: E731
@@ -219,28 +220,38 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     return fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N and -(-m // BLOCK) <= WIDE_BITMAP_MAX_ROW_BLOCKS
 
 
-# The wide kernel's split-K model: one CTA per SM (384 threads x 168 registers), a stage (two 64x64
-# blocks times 8 * nt tokens) at the tensor cores' pace, fp32 partials through HBM for split > 1.
-WIDE_SM_FLOPS_PER_US = 6.0e6  # ~800 TFLOPS / 132 SMs of dense fp16 wgmma
-PARTIAL_BYTES_PER_US = 2.5e6  # the partials' write + the reduce kernel's read
+# The wide kernel's stream-K grid.  Sharing iterations over every SM pays where one CTA per tile leaves
+# many idle: measured on an H100 (benchmarks/wide_probe.py, bitmap 70 %, 256-1024 tokens), +13-85 % at
+# 42-73 % of the last wave busy (12288x12288 N = 512: 0.62 -> 0.78x cuBLAS; 7168x28672 N = 256: 0.45 ->
+# 0.83x) but -8 to +13 % at 85 % (7168x28672 N = 1024: 0.79 -> 0.67x) and level on whole waves.
+WIDE_STREAM_K_BELOW = 0.8  # busy fraction of one CTA per tile's waves under which the SMs share the work
+WIDE_MIN_STAGES = 8  # per CTA: shorter ranges pay their pipeline's fill and drain for little work
 
 
-def wide_split(m: int, n: int, kb: int, tiles: int, nt: int, sms: int) -> int:
-    """K slices that minimize the modelled time: whole waves of one CTA per SM, plus the partials."""
-    stage_us = 2 * BLOCK * BLOCK * 8 * nt * 2 / WIDE_SM_FLOPS_PER_US
+def wide_ctas(tiles: int, kb: int, sms: int) -> int:
+    """CTAs for `tiles` output tiles of `kb` K blocks each: one per tile, or every SM sharing all tiles x kb
+    iterations (stream-K) where one per tile would leave the SMs idle."""
+    if tiles / (-(-tiles // sms) * sms) >= WIDE_STREAM_K_BELOW:
+        return tiles
+    if tiles > sms:
+        return sms
+    shared = min(sms, tiles * kb // WIDE_MIN_STAGES)
+    return shared if shared > tiles else tiles  # else too little work to share
 
-    def cost(split: int) -> float:
-        per_slice = -(-kb // split)
-        waves = -(-tiles * -(-kb // per_slice) // sms)
-        return waves * per_slice * stage_us + (split * n * m * 8 / PARTIAL_BYTES_PER_US if split > 1 else 0.0)
 
-    return min(range(1, max(1, min(8, kb // 4)) + 1), key=cost)
+def wide_ptr_bytes(tiles: int, kb: int, ctas: int) -> int:
+    """Shared memory for the block offsets of a CTA's segments: its range's blocks plus one per segment and
+    row block (a range of `per` iterations meets at most (per + kb - 2) // kb + 1 tiles)."""
+    per = -(-tiles * kb // ctas)
+    segments = (per + kb - 2) // kb + 1
+    return 8 * 2 * (per + segments)
 
 
 @functools.lru_cache(maxsize=1024)
 def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int, nt: int | None = None,
-                       stages: int | None = None, split: int | None = None) -> Config:
-    """The wide kernel's config: 128 tokens per CTA up to 128, else 256; split-K from wide_split."""
+                       stages: int | None = None, split: int | None = None, ctas: int | None = None) -> Config:
+    """The wide kernel's config: 128 tokens per CTA up to 128, else 256; a stream-K grid (wide_ctas), or
+    `split` CTAs per tile (split-K), or `ctas` CTAs."""
     if fmt not in WIDE_FORMATS:
         raise ValueError(f"the wide kernel decodes {WIDE_FORMATS}, not {fmt!r}")
     mb, kb = block_grid((m, k))
@@ -249,22 +260,26 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
         raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     tiles = -(-mb // 2) * -(-n // (8 * nt))
-    if split is None:
-        split = wide_split(m, n, kb, tiles, nt, sms)
-    kb_per_split = -(-kb // max(1, split))
-    split = -(-kb // kb_per_split)  # every slice keeps >= 1 block: the kernel's first stage needs one
-    # +1 KB to align the X ring, the consumer warps' scratch, both blocks' offsets; then the two rings (a slot:
-    # an X tile or two weight blocks, and its full and empty mbarriers)
-    fixed = 1024 + WIDE_CONSUMER_WARPS * 128 + 2 * (kb_per_split + 1) * 8
+    if split is not None and ctas is not None:
+        raise ValueError("give the wide kernel split or ctas, not both")
+    if split is not None:
+        ctas = tiles * max(1, min(split, kb))
+    if ctas is not None and ctas < 1:
+        raise ValueError(f"the wide kernel needs ctas >= 1, got {ctas}")
+    ctas = min(ctas or wide_ctas(tiles, kb, sms), tiles * kb)  # at most one CTA per (tile, K block)
+    # +1 KB to align the X ring, the consumer warps' scratch, the fix-up's flag, the block offsets; then the
+    # two rings (a slot: an X tile or two weight blocks, and its full and empty mbarriers)
+    fixed = 1024 + WIDE_CONSUMER_WARPS * 128 + 16 + wide_ptr_bytes(tiles, kb, ctas)
     x_bytes, w_bytes = nt * 8 * 128 + 16, 2 * stage_w + 16
     stages = stages or WIDE_STAGES[nt]
     if fixed + stages * x_bytes + 3 * w_bytes > SMEM_PER_SM:
         stages = 3  # the compiled fallback (all_variants)
     w_stages = min(WIDE_MAX_W_STAGES, (SMEM_PER_SM - fixed - stages * x_bytes) // w_bytes)
     if w_stages < 3:
-        raise ValueError(f"blocks of up to {max_block_bytes} bytes leave the wide kernel too little shared memory")
+        raise ValueError(f"blocks of up to {max_block_bytes} bytes leave the wide kernel too little shared memory "
+                         f"({ctas} CTAs)")
     smem = fixed + stages * x_bytes + w_stages * w_bytes
-    return Config(2, nt, stages, split, kb_per_split, stage_w, smem, wg=True, wide=True, w_stages=w_stages)
+    return Config(2, nt, stages, split or 1, kb, stage_w, smem, wg=True, wide=True, w_stages=w_stages, ctas=ctas)
 
 
 # n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
@@ -293,18 +308,25 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
     name = cfg.name(w.format, bf16)
     kernel = jit.get_kernel(name, dev, cap)
     mb, kb = block_grid((m, k))
-    if cfg.wide and cfg.split > -(-kb // cfg.kb_per_split):
-        raise ValueError("every K slice of the wide kernel needs a block")  # its first wgmma sets the accumulators
     grid = (-(-mb // cfg.spw), -(-n // (8 * cfg.nt)), cfg.split)
-    if cfg.cluster and not _clusters_fit(name, dev, grid, cfg.smem, cfg.split):
-        cfg = replace(cfg, cluster=False)  # this GPU (partition) cannot place one: the reduce kernel
-    partial = (torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device)
-               if cfg.split > 1 and not cfg.cluster else None)
+    partial = counters = None
+    if cfg.wide:
+        tiles = grid[0] * grid[1]
+        grid = (cfg.ctas, 1, 1)
+        if tiles % cfg.ctas:  # some ranges split tiles: fp32 partials (two slots a CTA) and arrival counters
+            partial = torch.empty((cfg.ctas, 2, 2 * BLOCK * 8 * cfg.nt), dtype=torch.float32, device=x.device)
+            counters = torch.zeros(tiles, dtype=torch.int32, device=x.device)
+    else:
+        if cfg.cluster and not _clusters_fit(name, dev, grid, cfg.smem, cfg.split):
+            cfg = replace(cfg, cluster=False)  # this GPU (partition) cannot place one: the reduce kernel
+        if cfg.split > 1 and not cfg.cluster:
+            partial = torch.empty((cfg.split, n, m), dtype=torch.float32, device=x.device)
     data, ptr = (w.tensors[key] for key in codec_for(w.format).TENSORS)
     params = Params(data.data_ptr(), ptr.data_ptr(), x.data_ptr(), y.data_ptr(),
                     partial.data_ptr() if partial is not None else 0,
                     m, n, k, x.stride(0), mb, kb, cfg.kb_per_split, cfg.stage_w_bytes,
-                    bias.data_ptr() if bias is not None else 0, int(cfg.cluster), cfg.w_stages)
+                    bias.data_ptr() if bias is not None else 0, int(cfg.cluster), cfg.w_stages,
+                    counters.data_ptr() if counters is not None else 0)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     if cfg.cluster:
         kernel.launch_cluster(grid, cfg.smem, stream, params, (1, 1, cfg.split))
@@ -312,7 +334,7 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
         kernel.launch(grid, cfg.smem, stream, params, cfg.threads, x_tensor_map(x, cfg.nt))
     else:
         kernel.launch(grid, cfg.smem, stream, params)
-    if partial is not None:
+    if partial is not None and not cfg.wide:
         launch_reduce(partial, y, cfg.split, bias, m, dev, cap, stream)
 
 
@@ -357,7 +379,7 @@ def config_for(w: SparseWeight, n: int, **overrides):
     overrides = {key: v for key, v in overrides.items() if v is not None}
     wide = overrides.pop("wide", None)
     if wide is None:  # a forced split may go either way; other overrides name an mma.sync / wgmma config
-        wide = use_wide(w.format, w.shape[0], n, hopper) and set(overrides) <= {"split"}
+        wide = use_wide(w.format, w.shape[0], n, hopper) and set(overrides) <= {"split", "ctas"}
     if wide:
         if not hopper:
             raise ValueError("the wide kernel needs sm_90a (Hopper)")

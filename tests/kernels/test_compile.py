@@ -95,13 +95,40 @@ def test_wide_config_is_valid_and_compiled():
             for n in (33, 65, 128, 129, 512, 1024):
                 for block in (dense_block // 5, dense_block):
                     cfg = dispatch.choose_wide_config(fmt, m, k, n, block, 132)
-                    kb = -(-k // 64)
-                    assert cfg.split * cfg.kb_per_split >= kb > (cfg.split - 1) * cfg.kb_per_split
+                    tiles = -(-m // 128) * -(-n // (8 * cfg.nt))
+                    assert min(tiles, 132) <= cfg.ctas <= max(tiles, 132) and cfg.ctas <= tiles * -(-k // 64)
                     assert cfg.smem <= dispatch.SMEM_PER_SM and cfg.w_stages >= 3
                     assert cfg.wide and cfg.threads == dispatch.WIDE_THREADS and 8 * cfg.nt >= min(n, 128)
                     assert cfg.name(fmt, fmt == "bitmap") in dispatch.all_variants()
     with pytest.raises(ValueError, match="decodes"):
         dispatch.choose_wide_config("tiled_csl", 512, 512, 256, 4000, 132)
+
+
+def stream_k_segments(tiles, kb, ctas):
+    """The wide kernel's split of tiles x kb iterations over ctas CTAs (csrc/spmm.cu WideWork), in Python."""
+    iters = tiles * kb
+    for c in range(ctas):
+        it, end = c * iters // ctas, (c + 1) * iters // ctas
+        while it < end:
+            tile, k0 = divmod(it, kb)
+            nk = min(kb - k0, end - it)
+            yield c, tile, k0, nk
+            it += nk
+
+
+def test_wide_stream_k_grid():
+    """wide_ctas fills the SMs where one CTA per tile would leave them idle and keeps a tile per CTA on whole
+    waves; every iteration is run once, and wide_ptr_bytes holds every CTA's block offsets."""
+    assert dispatch.wide_ctas(96, 192, 132) == 132 and dispatch.wide_ctas(192, 192, 132) == 132
+    assert dispatch.wide_ctas(132, 192, 132) == 132 and dispatch.wide_ctas(264, 192, 132) == 264
+    assert dispatch.wide_ctas(112, 112, 132) == 112  # 85 % busy: a tile each
+    assert dispatch.wide_ctas(3, 2, 132) == 3  # too little work to share
+    for tiles, kb, ctas in [(96, 192, 132), (3, 7, 5), (5, 3, 14), (7, 1, 3), (1, 9, 9), (4, 4, 16), (10, 6, 4)]:
+        seen, need = set(), {}
+        for c, tile, k0, nk in stream_k_segments(tiles, kb, ctas):
+            seen.update((tile, k) for k in range(k0, k0 + nk))
+            need[c] = need.get(c, 0) + 16 * (nk + 1)
+        assert len(seen) == tiles * kb and max(need.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas)
 
 
 def test_wide_rule():

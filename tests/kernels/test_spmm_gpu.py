@@ -352,7 +352,7 @@ def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
 
 # The wide (prefill) kernel: sm_90a, bitmap and pair bitmap, 65-4096 tokens.
 WIDE = pytest.mark.skipif(not HOPPER, reason="the wide kernel needs sm_90a")
-WIDE_CONFIGS = [{}, {"nt": 16}, {"nt": 32, "split": 3}, {"nt": 16, "stages": 3}]
+WIDE_CONFIGS = [{}, {"nt": 16}, {"nt": 32, "split": 3}, {"nt": 16, "stages": 3}, {"ctas": 7}, {"nt": 16, "ctas": 5}]
 
 
 @WIDE
@@ -386,12 +386,13 @@ def test_wide_kernel_patterns_and_every_output(fmt):
     for name, w in patterns(257, 300).items():
         sw = flashllm.compress(w, fmt)
         x = torch.randn(200, 300, device="cuda").half()
-        for split in (1, 2, 5):
-            cfg = dispatch.choose_wide_config(fmt, 257, 300, 200, sw.max_block_bytes, 132, split=split)
+        # one CTA per tile, split-K by 2 and 5, and stream-K ranges that cut tiles anywhere (3 x 5 iterations)
+        for grid in ({"split": 1}, {"split": 2}, {"split": 5}, {"ctas": 2}, {"ctas": 4}, {"ctas": 11}):
+            cfg = dispatch.choose_wide_config(fmt, 257, 300, 200, sw.max_block_bytes, 132, **grid)
             y = torch.full((200, 257), float("nan"), device="cuda", dtype=torch.half)
             dispatch._launch(dispatch.prepare_x(x), sw, cfg, y, None)  # K = 300: rows padded to 8
-            assert not torch.isnan(y).any(), (name, split)
-            assert rel_err(y, x.float() @ w.float().T) < 2e-3, (name, split)
+            assert not torch.isnan(y).any(), (name, grid)
+            assert rel_err(y, x.float() @ w.float().T) < 2e-3, (name, grid)
 
 
 @WIDE
@@ -406,3 +407,21 @@ def test_wide_kernel_is_dispatched_with_bias_and_in_a_graph():
     ref = x.float() @ w.float().T + bias.float()
     assert rel_err(y, ref) < 2e-3
     assert torch.equal(replayed(lambda: flashllm.spmm(x, sw, bias=bias)), y)
+
+
+@WIDE
+@pytest.mark.parametrize("fmt", ["bitmap", "pairmap"])
+def test_wide_kernel_stream_k_by_default(fmt):
+    """A 4096-row weight at 256 tokens has 32 tiles: dispatch shares their iterations over every SM, and the
+    tiles cut between CTAs sum to the reference, bitwise the same on every run, with the bias."""
+    from flashllm.kernels import dispatch
+    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    w = pruned(4096, 4096, 0.7, torch.float16, gen)
+    sw = flashllm.compress(w, fmt)
+    x = torch.randn(256, 4096, generator=gen, device="cuda").half()
+    bias = torch.randn(4096, generator=gen, device="cuda").half()
+    cfg = dispatch.config_for(sw, 256)
+    assert cfg.wide and cfg.ctas == torch.cuda.get_device_properties(0).multi_processor_count > 32
+    y = flashllm.spmm(x, sw, bias=bias)
+    assert rel_err(y, x.float() @ w.float().T + bias.float()) < 2e-3
+    assert torch.equal(y.view(torch.int16), flashllm.spmm(x, sw, bias=bias).view(torch.int16))

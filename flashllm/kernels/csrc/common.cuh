@@ -18,7 +18,7 @@ struct Params {
   const i64* block_ptr;    // bitmap: byte offsets; tiled_csl: word offsets
   const u16* x;            // [N, ldx] activations, ldx % 8 == 0, 16-byte aligned rows
   u16* y;                  // [N, M] output (split == 1)
-  float* partial;          // [split, N, M] fp32 partial sums (split > 1)
+  float* partial;          // [split, N, M] fp32 partial sums (split > 1); the wide kernel: [G, 2, 128 x NT*8]
   int M, N, K, ldx;
   int MB, KB;              // blocks along M and K
   int kb_per_split;        // K-blocks per grid.z slice
@@ -27,6 +27,7 @@ struct Params {
   int cluster;             // split > 1 on Hopper: the grid.z slices of a tile form a cluster and sum in
                            // distributed shared memory (cluster_reduce), no fp32 partials in global memory
   int w_stages;            // the wide kernel: depth of its weight ring (deeper than its X ring)
+  int* counters;           // the wide kernel: per-tile arrival counts of its stream-K segments (zeroed)
 };
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {

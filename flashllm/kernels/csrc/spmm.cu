@@ -529,8 +529,7 @@ struct WideSmem {
 // stored here directly.  A slot is refilled once all 8 consumer warps released it.
 template <int NT, int XSTAGES>
 __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap, const WideSmem<NT, XSTAGES>& S,
-                                             const i64* ptrs, int nk, int kb0, int n0) {
-  RingPos x = {0, 0u}, w = {0, 0u};
+                                             const i64* ptrs, int nk, int kb0, int n0, RingPos& x, RingPos& w) {
   const int last = nk + (nk & 1);
   for (int s = 0; s < last; s++) {
     mbar_wait(S.xempty + 8 * x.slot, x.phase ^ 1u);  // a fresh barrier's "previous phase" counts as done
@@ -590,16 +589,95 @@ __device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, X
   x.next(XSTAGES);
 }
 
+// Stream-K: the grid's G CTAs share the I = tiles x KB (tile, K block) iterations, tile-major, CTA c taking
+// [c I / G, (c + 1) I / G).  A 12288-row weight at 256 tokens has 96 tiles of 128 x 256 for 132 SMs: one
+// CTA per tile left 36 SMs idle, and split-K's waves of fp32 partials cost more than they won back.  So a
+// CTA's range crosses tiles in segments; a segment covering its whole tile stores it, the others park
+// fp32 partials and the last of a tile's CTAs to arrive sums them all.  G = tiles x s is split-K by s.
+struct WideWork {
+  int mtiles;
+  i64 iters;
+  __device__ __forceinline__ WideWork(const Params& p, int nt8)
+      : mtiles((p.MB + 1) / 2), iters((i64)((p.MB + 1) / 2) * ((p.N + nt8 - 1) / nt8) * p.KB) {}
+  __device__ __forceinline__ i64 start(int c) const { return (i64)c * iters / gridDim.x; }
+  __device__ __forceinline__ int cta_of(i64 it) const { return (int)(((it + 1) * gridDim.x - 1) / iters); }
+};
+
+// A segment's fp32 partial goes to slot 0 (the CTA's first segment) or 1 (its last) of the CTA's two, in
+// fragment order (thread-major: coalesced, and any CTA reads it back into the same registers).  The
+// arrival counter (zeroed per launch) picks the last; it sums the tile's segments in CTA order whoever
+// arrives last, so the output is bitwise reproducible.  Returns whether this CTA stores the tile.
+template <int NT>
+__device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, float (&acc)[NT][4], int tile,
+                                           i64 seg_begin, u32 flag) {
+  constexpr int REGS = NT * 4;
+  const int c = blockIdx.x, tid = threadIdx.x;
+  float* mine = p.partial + ((i64)c * 2 + (seg_begin == W.start(c) ? 0 : 1)) * REGS * WIDE_CONSUMERS + tid;
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) mine[(j * 4 + i) * WIDE_CONSUMERS] = acc[j][i];
+  __threadfence();
+  asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // consumers only: the producer may be gone
+  const i64 t0 = (i64)tile * p.KB;
+  const int first = W.cta_of(t0), last = W.cta_of(t0 + p.KB - 1);
+  if (tid == 0) asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(flag), "r"(atomicAdd(p.counters + tile, 1)) : "memory");
+  asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");
+  u32 arrived;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(arrived) : "r"(flag) : "memory");
+  if ((int)arrived != last - first) return false;
+  __threadfence();
+  // Four n8 tiles (16 values) at a time: one round of loads in flight per CTA, 16 registers beside acc.
+#pragma unroll
+  for (int q = 0; q < NT; q += 4) {
+    float sum[4][4];
+    for (int cc = first; cc <= last; cc++) {
+      const float* src = p.partial + ((i64)cc * 2 + (W.start(cc) >= t0 ? 0 : 1)) * REGS * WIDE_CONSUMERS + tid;
+      float v[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[j][i] = cc == c ? acc[q + j][i] : __ldcg(src + ((q + j) * 4 + i) * WIDE_CONSUMERS);
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) sum[j][i] = cc == first ? v[j][i] : sum[j][i] + v[j][i];
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[q + j][i] = sum[j][i];
+  }
+  return true;
+}
+
+// The compiler sees a wgmma's accumulators as written when the asm statement issues; the tensor cores write
+// them until wait_group.  An empty asm that "reads and writes" each one pins the reads after the wait (else
+// the fix-up stored the last n8 tiles of a segment before the final wgmmas had written them).
+template <int NT>
+__device__ __forceinline__ void fence_accumulators(float (&acc)[NT][4]) {
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) asm volatile("" : "+f"(acc[j][i]) :: "memory");
+}
+
 template <int FMT, int NT, int XSTAGES, bool BF16>
 __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, const __grid_constant__ TmaMap xmap) {
-  static_assert(FMT != FMT_CSL && XSTAGES >= 3, "the wide kernel decodes bitmap blocks, >= 3 X stages");
+  static_assert(FMT != FMT_CSL && XSTAGES >= 3 && NT % 4 == 0, "the wide kernel decodes bitmap blocks, >= 3 X stages");
   extern __shared__ __align__(16) u8 smem[];
-  const int mt = blockIdx.x, n0 = blockIdx.y * NT * 8;
-  const int kb0 = blockIdx.z * p.kb_per_split;
-  const int nk = min(p.KB - kb0, p.kb_per_split);  // dispatch keeps nk >= 1
+  const WideWork W(p, NT * 8);
+  const i64 begin = W.start(blockIdx.x), end = W.start(blockIdx.x + 1);
   const WideSmem<NT, XSTAGES> S(smem_addr(smem), p);
-  i64* ptrs = (i64*)(smem + (S.end(p) - smem_addr(smem)));
-  load_block_ptrs<2, false, WIDE_THREADS>(ptrs, p, mt, kb0, nk);
+  const u32 flag = S.end(p);
+  i64* ptrs = (i64*)(smem + (flag + 16 - smem_addr(smem)));
+  // Every segment's block offsets, back to back (dispatch sized the area for the longest range).
+  for (i64 it = begin, off = 0; it < end;) {
+    const int tile = (int)(it / p.KB), k0 = (int)(it - (i64)tile * p.KB), nk = (int)min((i64)(p.KB - k0), end - it);
+    load_block_ptrs<2, false, WIDE_THREADS>(ptrs + off, p, tile % W.mtiles, k0, nk);
+    off += 2 * (nk + 1);
+    it += nk;
+  }
   if (threadIdx.x == 0) {
     for (int s = 0; s < XSTAGES; s++) {
       mbar_init(S.xfull + 8 * s, 1);
@@ -612,30 +690,45 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
     mbar_fence_init();
   }
   __syncthreads();
+  RingPos x = {0, 0u}, w = {0, 0u};
   // 384 threads leave ptxas 168 registers each; the producer group hands most of its share to the two
   // consumer groups (40 + 2 x 232 <= 512 per thread slot), which need 128 for accumulators alone.
   if (threadIdx.x >= WIDE_CONSUMERS) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (threadIdx.x == WIDE_CONSUMERS) wide_produce<NT, XSTAGES>(p, &xmap, S, ptrs, nk, kb0, n0);
+    if (threadIdx.x == WIDE_CONSUMERS)
+      for (i64 it = begin, off = 0; it < end;) {
+        const int tile = (int)(it / p.KB), k0 = (int)(it - (i64)tile * p.KB), nk = (int)min((i64)(p.KB - k0), end - it);
+        wide_produce<NT, XSTAGES>(p, &xmap, S, ptrs + off, nk, k0, (tile / W.mtiles) * NT * 8, x, w);
+        off += 2 * (nk + 1);
+        it += nk;
+      }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  // No zeroing: the first wgmma overwrites the accumulators.  Zeroed registers meeting the loop's
-  // in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).
+  // No zeroing: each segment's first wgmma overwrites the accumulators.  Zeroed registers meeting the
+  // loop's in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).
   float acc[NT][4];
   const BitmapLane L = bitmap_lane();
   const u32 scratch = S.scratch + (threadIdx.x >> 5) * 128;
-  RingPos x = {0, 0u}, w = {0, 0u};
+  const bool lead = (threadIdx.x & 31) == 0;
   u32 a[2][4][4];
-  // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-  wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, x, w, acc, a, L);
-  wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
-  for (int it = 2; it < nk; it += 2) {
-    wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, x, w, acc, a, L);
+  for (i64 it = begin; it < end;) {
+    const int tile = (int)(it / p.KB), k0 = (int)(it - (i64)tile * p.KB), nk = (int)min((i64)(p.KB - k0), end - it);
+    // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
+    wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, x, w, acc, a, L);
     wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
+    for (int s = 2; s < nk; s += 2) {
+      wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, x, w, acc, a, L);
+      wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
+    }
+    wgmma_wait<0>();
+    fence_accumulators<NT>(acc);
+    if (lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));  // the segment's last X slot
+    if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, flag))
+      store_tile<NT, BF16>(p, acc, ((tile % W.mtiles) * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
+                           (tile / W.mtiles) * NT * 8);
+    it += nk;
   }
-  wgmma_wait<0>();
-  store_tile<NT, BF16>(p, acc, (mt * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16, n0);
 }
 #endif
 
