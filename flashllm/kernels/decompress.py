@@ -44,12 +44,18 @@ def dense_matmul(x: torch.Tensor, w: SparseWeight, chunk_bytes: int = CHUNK_BYTE
                  bias: torch.Tensor | None = None) -> torch.Tensor:
     m, k = w.shape
     mb = -(-m // BLOCK)
-    step = max(1, chunk_bytes // (BLOCK * k * 2))
+    chunks = -(-mb // max(1, chunk_bytes // (BLOCK * k * 2)))
+    step = -(-mb // chunks)  # balanced: a last chunk of a few rows makes a GEMM that fills the GPU badly
     compute = x.dtype if x.dtype == w.dtype else torch.float32
-    outs = []
+    x2 = x.reshape(-1, k).to(compute)
+    y = torch.empty((x2.shape[0], m), dtype=compute, device=x.device)
     for mb0 in range(0, mb, step):
         mb1 = min(mb, mb0 + step)
         dense = _expand(w, mb0, mb1).to(compute)
-        part = bias[mb0 * BLOCK:mb1 * BLOCK].to(compute) if bias is not None else None
-        outs.append(torch.nn.functional.linear(x.to(compute), dense, part))
-    return torch.cat(outs, dim=-1).to(x.dtype)
+        # Straight into y's columns (cuBLAS takes the row stride as its leading dimension): no concatenation
+        out = y[:, mb0 * BLOCK:mb0 * BLOCK + dense.shape[0]]
+        if bias is None:
+            torch.mm(x2, dense.t(), out=out)
+        else:
+            torch.addmm(bias[mb0 * BLOCK:mb0 * BLOCK + dense.shape[0]].to(compute), x2, dense.t(), out=out)
+    return y.to(x.dtype).reshape(*x.shape[:-1], m)
