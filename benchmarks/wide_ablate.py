@@ -1,8 +1,9 @@
 """Device aid: what bounds the wide kernel - time it with parts of its stage cut out (results are garbage).
 
-usage: python benchmarks/wide_ablate.py [SHAPE ...]   env: N=256 FMT=bitmap SPARSITY=0.5 CFG='nt=32'
+usage: python benchmarks/wide_ablate.py [SHAPE ...]   env: N=256 FMT=bitmap SPARSITY=0.5 CFG='nt=32' ABL=base,nofixup
 Edits (string replacements of csrc/spmm.cu, compiled through the same JIT): nox (no X tile TMA),
-nodecode (A = constants: no shared loads or decode), nomma (no wgmma), and combinations.
+nodecode (A = constants: no shared loads or decode), nomma (no wgmma), and combinations; nofixup (every
+stream-K segment stores its tile, no partials), nofence (the fix-up's writers skip their fence).
 """
 import os
 import sys
@@ -23,8 +24,12 @@ DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, sc
 MMA = [("    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);", "    if (0) ;"),
        ("    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
         "    else if (f == 9) acc[0][0] += a[SET][f][0];")]
+FIX = [("if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, flag))", "if (true)")]  # every segment stores
+FENCE = [("  __threadfence();\n  asm volatile(\"bar.sync 1", "  asm volatile(\"bar.sync 1")]  # the writers' fence
 EDITS = {"base": [], "nox": X, "nodecode": DEC, "nomma": MMA, "nox+nodecode": X + DEC, "nodecode+nomma": DEC + MMA,
-         "nox+nomma": X + MMA, "all": X + DEC + MMA}
+         "nox+nomma": X + MMA, "all": X + DEC + MMA, "nofixup": FIX, "nofence": FENCE}
+if os.environ.get("ABL"):
+    EDITS = {label: EDITS[label] for label in os.environ["ABL"].split(",")}
 original = jit._source.__wrapped__
 
 

@@ -604,30 +604,53 @@ struct WideWork {
 };
 
 // A segment's fp32 partial goes to slot 0 (the CTA's first segment) or 1 (its last) of the CTA's two, in
-// fragment order (thread-major: coalesced, and any CTA reads it back into the same registers).  The
-// arrival counter (zeroed per launch) picks the last; it sums the tile's segments in CTA order whoever
-// arrives last, so the output is bitwise reproducible.  Returns whether this CTA stores the tile.
+// fragment order (thread-major: coalesced, and any CTA reads it back into the same registers), n8 tiles
+// past N left out.  The arrival counter (zeroed per launch) picks the last; it sums the tile's segments in
+// CTA order whoever arrives last, so the output is bitwise reproducible.  The tile's head (k = 0, which
+// ends its CTA's range) usually comes last: it looks at the counter first and, if every other segment is
+// in, skips parking its own (the fix-up sat on every CTA's critical path: 5-11 us at 7168 rows).
+// Returns whether this CTA stores the tile.
 template <int NT>
 __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, float (&acc)[NT][4], int tile,
-                                           i64 seg_begin, u32 flag) {
+                                           i64 seg_begin, int n0, u32 flag) {
   constexpr int REGS = NT * 4;
   const int c = blockIdx.x, tid = threadIdx.x;
-  float* mine = p.partial + ((i64)c * 2 + (seg_begin == W.start(c) ? 0 : 1)) * REGS * WIDE_CONSUMERS + tid;
-#pragma unroll
-  for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int i = 0; i < 4; i++) mine[(j * 4 + i) * WIDE_CONSUMERS] = acc[j][i];
-  __threadfence();
-  asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // consumers only: the producer may be gone
   const i64 t0 = (i64)tile * p.KB;
   const int first = W.cta_of(t0), last = W.cta_of(t0 + p.KB - 1);
-  if (tid == 0) asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(flag), "r"(atomicAdd(p.counters + tile, 1)) : "memory");
-  asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");
   u32 arrived;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(arrived) : "r"(flag) : "memory");
-  if ((int)arrived != last - first) return false;
+  auto others_in = [&](int add) {  // the counter (after adding `add`), as seen by thread 0, for all
+    if (tid == 0) asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(flag), "r"(atomicAdd(p.counters + tile, add)) : "memory");
+    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // consumers only: the producer may be gone
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(arrived) : "r"(flag) : "memory");
+    return (int)arrived == last - first;
+  };
+  const bool head = seg_begin == t0;
+  if (!(head && others_in(0))) {
+    float* mine = p.partial + ((i64)c * 2 + (seg_begin == W.start(c) ? 0 : 1)) * REGS * WIDE_CONSUMERS + tid;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+      if (n0 + j * 8 < p.N)
+#pragma unroll
+        for (int i = 0; i < 4; i++) mine[(j * 4 + i) * WIDE_CONSUMERS] = acc[j][i];
+    __threadfence();
+    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // all of this CTA's writes first
+    if (!others_in(1)) return false;
+  }
   __threadfence();
-  // Four n8 tiles (16 values) at a time: one round of loads in flight per CTA, 16 registers beside acc.
+  if (head) {  // acc is the first term already: add the others in CTA order, a whole partial per round trip
+    for (int cc = first + 1; cc <= last; cc++) {
+      const float* src = p.partial + ((i64)cc * 2) * REGS * WIDE_CONSUMERS + tid;  // slot 0: cc starts here
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        if (j % 16 == 0) asm volatile("" ::: "memory");  // 64 loads in flight at most: no spills at NT = 32
+        if (n0 + j * 8 < p.N)
+#pragma unroll
+          for (int i = 0; i < 4; i++) acc[j][i] += __ldcg(src + (j * 4 + i) * WIDE_CONSUMERS);
+      }
+    }
+    return true;
+  }
+  // Else the same sums, the own terms in their place: four n8 tiles (16 values) at a time.
 #pragma unroll
   for (int q = 0; q < NT; q += 4) {
     float sum[4][4];
@@ -637,7 +660,8 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
 #pragma unroll
       for (int j = 0; j < 4; j++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) v[j][i] = cc == c ? acc[q + j][i] : __ldcg(src + ((q + j) * 4 + i) * WIDE_CONSUMERS);
+        for (int i = 0; i < 4; i++)
+          v[j][i] = cc == c || n0 + (q + j) * 8 >= p.N ? acc[q + j][i] : __ldcg(src + ((q + j) * 4 + i) * WIDE_CONSUMERS);
 #pragma unroll
       for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -724,7 +748,7 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
     wgmma_wait<0>();
     fence_accumulators<NT>(acc);
     if (lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));  // the segment's last X slot
-    if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, flag))
+    if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, (tile / W.mtiles) * NT * 8, flag))
       store_tile<NT, BF16>(p, acc, ((tile % W.mtiles) * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
                            (tile / W.mtiles) * NT * 8);
     it += nk;
