@@ -220,21 +220,26 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     return fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N and -(-m // BLOCK) <= WIDE_BITMAP_MAX_ROW_BLOCKS
 
 
-# The wide kernel's stream-K grid.  Sharing iterations over every SM pays where one CTA per tile leaves
-# many idle: measured on an H100 (benchmarks/wide_probe.py, bitmap 70 %, 256-1024 tokens), +13-85 % at
-# 42-73 % of the last wave busy (12288x12288 N = 512: 0.62 -> 0.78x cuBLAS; 7168x28672 N = 256: 0.45 ->
-# 0.83x) but -8 to +13 % at 85 % (7168x28672 N = 1024: 0.79 -> 0.67x) and level on whole waves.
-WIDE_STREAM_K_BELOW = 0.8  # busy fraction of one CTA per tile's waves under which the SMs share the work
+# The wide kernel's stream-K grid, measured on an H100 (benchmarks/wide_probe.py, bitmap 50-70 % and pair
+# bitmap 80 %, 64-1024 tokens).  Sharing the iterations over every SM pays where one CTA per tile leaves
+# SMs idle: +13-85 % at 42-73 % of the last wave busy (12288x12288 N = 512: 0.62 -> 0.78x cuBLAS;
+# 7168x28672 N = 256: 0.45 -> 0.83x), and +6-15 % on 3-7 waves 85 % busy (21504x7168 N = 1024:
+# 0.71 -> 0.82x); whole waves keep a tile each.  A single wave 85 % busy loses 5-8 % to the fix-up.
+# And the CTAs of a stream-K grid stand at every K at once, so all of X must stay in L2: with 58 MB of
+# it (7168x28672 N = 1024) stream-K lost 25 %, where one CTA per tile keeps a wave on the same K blocks.
+WIDE_STREAM_K_BELOW = 0.8  # busy fraction of the last wave of one CTA per tile under which the SMs share
+WIDE_STREAM_K_X_BYTES = 24 << 20  # X no larger than half the H100's L2 for stream-K on several waves
 WIDE_MIN_STAGES = 8  # per CTA: shorter ranges pay their pipeline's fill and drain for little work
 
 
-def wide_ctas(tiles: int, kb: int, sms: int) -> int:
+def wide_ctas(tiles: int, kb: int, sms: int, x_bytes: int = 0) -> int:
     """CTAs for `tiles` output tiles of `kb` K blocks each: one per tile, or every SM sharing all tiles x kb
-    iterations (stream-K) where one per tile would leave the SMs idle."""
-    if tiles / (-(-tiles // sms) * sms) >= WIDE_STREAM_K_BELOW:
-        return tiles
+    iterations (stream-K) where one per tile would leave SMs idle (see above)."""
     if tiles > sms:
-        return sms
+        busy = tiles / (-(-tiles // sms) * sms)
+        return sms if busy < WIDE_STREAM_K_BELOW or (busy < 1 and x_bytes <= WIDE_STREAM_K_X_BYTES) else tiles
+    if tiles / sms >= WIDE_STREAM_K_BELOW:
+        return tiles
     shared = min(sms, tiles * kb // WIDE_MIN_STAGES)
     return shared if shared > tiles else tiles  # else too little work to share
 
@@ -266,7 +271,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
         ctas = tiles * max(1, min(split, kb))
     if ctas is not None and ctas < 1:
         raise ValueError(f"the wide kernel needs ctas >= 1, got {ctas}")
-    ctas = min(ctas or wide_ctas(tiles, kb, sms), tiles * kb)  # at most one CTA per (tile, K block)
+    ctas = min(ctas or wide_ctas(tiles, kb, sms, n * k * 2), tiles * kb)  # at most one CTA per (tile, K block)
     # +1 KB to align the X ring, the consumer warps' scratch, the fix-up's flag, the block offsets; then the
     # two rings (a slot: an X tile or two weight blocks, and its full and empty mbarriers)
     fixed = 1024 + WIDE_CONSUMER_WARPS * 128 + 16 + wide_ptr_bytes(tiles, kb, ctas)

@@ -121,7 +121,9 @@ def test_wide_stream_k_grid():
     waves; every iteration is run once, and wide_ptr_bytes holds every CTA's block offsets."""
     assert dispatch.wide_ctas(96, 192, 132) == 132 and dispatch.wide_ctas(192, 192, 132) == 132
     assert dispatch.wide_ctas(132, 192, 132) == 132 and dispatch.wide_ctas(264, 192, 132) == 264
-    assert dispatch.wide_ctas(112, 112, 132) == 112  # 85 % busy: a tile each
+    assert dispatch.wide_ctas(112, 112, 132) == 112  # one wave 85 % busy: a tile each
+    assert dispatch.wide_ctas(448, 112, 132, 512 * 7168 * 2) == 132  # four waves 85 % busy, X in L2: shared
+    assert dispatch.wide_ctas(224, 448, 132, 1024 * 28672 * 2) == 224  # X past L2: a tile each
     assert dispatch.wide_ctas(3, 2, 132) == 3  # too little work to share
     for tiles, kb, ctas in [(96, 192, 132), (3, 7, 5), (5, 3, 14), (7, 1, 3), (1, 9, 9), (4, 4, 16), (10, 6, 4)]:
         seen, need = set(), {}
