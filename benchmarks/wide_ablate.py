@@ -25,8 +25,8 @@ MMA = [("    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);"
        ("    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
         "    else if (f == 9) acc[0][0] += a[SET][f][0];")]
 FIX = [("if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, (tile / W.mtiles) * NT * 8, flag))", "if (true)")]  # every segment stores
-FENCE = [("    __threadfence();\n    asm volatile(\"bar.sync 1", "    asm volatile(\"bar.sync 1")]  # the writers' fence
-ONE = [("  for (i64 it = begin; it < end;) {\n    // No zeroing", "  if (i64 it = begin; it < end) {\n    // No zeroing"),
+FENCE = [("    __threadfence();\n    if (!others_in(1))", "    if (!others_in(1))")]  # the writers' fence
+ONE = [("  for (i64 it = begin; it < end;) {\n    const int tile", "  if (i64 it = begin; it < end) {\n    const int tile"),
        ("    it += nk;\n  }\n}", "  }\n}")]  # consumers: one segment (a tile per CTA only)
 NOACCFENCE = [("    fence_accumulators<NT>(acc);\n", "")]
 EDITS = {"base": [], "nox": X, "nodecode": DEC, "nomma": MMA, "nox+nodecode": X + DEC, "nodecode+nomma": DEC + MMA,

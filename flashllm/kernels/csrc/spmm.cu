@@ -618,9 +618,13 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
   const i64 t0 = (i64)tile * p.KB;
   const int first = W.cta_of(t0), last = W.cta_of(t0 + p.KB - 1);
   u32 arrived;
-  auto others_in = [&](int add) {  // the counter (after adding `add`), as seen by thread 0, for all
-    if (tid == 0) asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(flag), "r"(atomicAdd(p.counters + tile, add)) : "memory");
+  // Whether all the other segments are in: the counter (after adding `add`) as thread 0 sees it, for all.
+  // The first barrier keeps thread 0 from rewriting the flag before every warp has read its last value,
+  // and orders this CTA's parked partial (written and fenced by every thread) before the count.
+  auto others_in = [&](int add) {
     asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // consumers only: the producer may be gone
+    if (tid == 0) asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(flag), "r"(atomicAdd(p.counters + tile, add)) : "memory");
+    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(arrived) : "r"(flag) : "memory");
     return (int)arrived == last - first;
   };
@@ -633,7 +637,6 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
 #pragma unroll
         for (int i = 0; i < 4; i++) mine[(j * 4 + i) * WIDE_CONSUMERS] = acc[j][i];
     __threadfence();
-    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // all of this CTA's writes first
     if (!others_in(1)) return false;
   }
   __threadfence();
