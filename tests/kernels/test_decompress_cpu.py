@@ -19,3 +19,20 @@ def test_row_chunks_match_dense(fmt, m):
     ref = x.float() @ w.float().T
     assert y.shape == (3, m)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-3
+
+
+@pytest.mark.parametrize("chunk_blocks", [1, 2, 3, 5])
+def test_balanced_chunks_write_every_column_with_bias(chunk_blocks):
+    """Five row blocks in chunks of 1-5 blocks (balanced: 3 blocks a chunk become 3 + 2): every output column
+    is written once, straight into y, with its bias; leading dims and an fp32 x (fp32 compute) too."""
+    g = torch.Generator().manual_seed(chunk_blocks)
+    m, k = 300, 96
+    w = torch.randn(m, k, generator=g).half()
+    w[torch.rand(m, k, generator=g) < 0.6] = 0
+    bias = torch.randn(m, generator=g).half()
+    sw = flashllm.compress(w, "bitmap")
+    for x in (torch.randn(2, 3, k, generator=g).half(), torch.randn(4, k, generator=g)):
+        y = dense_matmul(x, sw, chunk_bytes=chunk_blocks * 64 * k * 2, bias=bias)
+        ref = x.float() @ w.float().T + bias.float()
+        assert y.shape == (*x.shape[:-1], m) and y.dtype == x.dtype
+        assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-3
