@@ -71,7 +71,19 @@ def bench_peers(w_dense, x_by_n, n_peer):
     return out
 
 
-def bench_large_n(shape=(12288, 12288), sparsity=0.7, ns=(64, 128, 256, 512, 1024, 2048, 4096), dtype=torch.float16):
+def interleaved_medians(columns: dict, reps: int, timer=time_graph) -> dict:
+    """Median microseconds of each column (a list of callables, one per weight copy), timed `reps` times
+    round-robin: one machine's single runs of a few-hundred-microsecond kernel move by up to ~10%, and
+    interleaving spreads a slow stretch over every column instead of one."""
+    times = {label: [] for label in columns}
+    for _ in range(reps):
+        for label, fns in columns.items():
+            times[label].append(timer(fns, launches=10, replays=5))
+    return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def bench_large_n(shape=(12288, 12288), sparsity=0.7, ns=(64, 128, 256, 512, 1024, 2048, 4096), dtype=torch.float16,
+                  reps: int = 3):
     """Prefill sizes: dense cuBLAS vs our kernel vs decompress + cuBLAS vs what dispatch picks."""
     from flashllm.kernels.decompress import dense_matmul
     m, k = shape
@@ -83,11 +95,12 @@ def bench_large_n(shape=(12288, 12288), sparsity=0.7, ns=(64, 128, 256, 512, 102
         copies = [sw] + [clone_weight(sw) for _ in range(copies_to_defeat_l2(sw.nbytes) - 1)]
         for n in ns:
             x = torch.randn(n, k, device="cuda").to(dtype)
-            row = dict(M=m, K=k, N=n, sparsity=sparsity, format=fmt,
-                       dense_us=time_graph([lambda: F.linear(x, w)], launches=10, replays=5),
-                       kernel_us=time_graph([lambda c=c: dispatch.spmm_kernel(x, c) for c in copies], launches=10, replays=5),
-                       decompress_us=time_graph([lambda c=c: dense_matmul(x, c) for c in copies], launches=10, replays=5),
-                       dispatch_us=time_graph([lambda c=c: flashllm.spmm(x, c) for c in copies], launches=10, replays=5))
+            row = dict(M=m, K=k, N=n, sparsity=sparsity, format=fmt, reps=reps)
+            row.update(interleaved_medians({
+                "dense_us": [lambda: F.linear(x, w)],
+                "kernel_us": [lambda c=c: dispatch.spmm_kernel(x, c) for c in copies],
+                "decompress_us": [lambda c=c: dense_matmul(x, c) for c in copies],
+                "dispatch_us": [lambda c=c: flashllm.spmm(x, c) for c in copies]}, reps))
             row["dispatch_vs_dense"] = row["dense_us"] / row["dispatch_us"]
             out.append(row)
             print(f"large-N {m}x{k} {fmt:9s} N={n:5d} dense {row['dense_us']:8.1f}  kernel {row['kernel_us']:8.1f}  "
