@@ -603,6 +603,13 @@ struct WideWork {
   __device__ __forceinline__ int cta_of(i64 it) const { return (int)(((it + 1) * gridDim.x - 1) / iters); }
 };
 
+// The segment of a range [.., end) that starts at iteration `it`: its tile, first K block and length.
+struct Segment {
+  int tile, k0, nk;
+  __device__ __forceinline__ Segment(const Params& p, i64 it, i64 end)
+      : tile((int)(it / p.KB)), k0((int)(it - (i64)tile * p.KB)), nk((int)min((i64)(p.KB - k0), end - it)) {}
+};
+
 // A segment's fp32 partial goes to slot 0 (the CTA's first segment) or 1 (its last) of the CTA's two, in
 // fragment order (thread-major: coalesced, and any CTA reads it back into the same registers), n8 tiles
 // past N left out.  The arrival counter (zeroed per launch) picks the last; it sums the tile's segments in
@@ -700,10 +707,10 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   i64* ptrs = (i64*)(smem + (flag + 16 - smem_addr(smem)));
   // Every segment's block offsets, back to back (dispatch sized the area for the longest range).
   for (i64 it = begin, off = 0; it < end;) {
-    const int tile = (int)(it / p.KB), k0 = (int)(it - (i64)tile * p.KB), nk = (int)min((i64)(p.KB - k0), end - it);
-    load_block_ptrs<2, false, WIDE_THREADS>(ptrs + off, p, tile % W.mtiles, k0, nk);
-    off += 2 * (nk + 1);
-    it += nk;
+    const Segment g(p, it, end);
+    load_block_ptrs<2, false, WIDE_THREADS>(ptrs + off, p, g.tile % W.mtiles, g.k0, g.nk);
+    off += 2 * (g.nk + 1);
+    it += g.nk;
   }
   if (threadIdx.x == 0) {
     for (int s = 0; s < XSTAGES; s++) {
@@ -724,10 +731,10 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (threadIdx.x == WIDE_CONSUMERS)
       for (i64 it = begin, off = 0; it < end;) {
-        const int tile = (int)(it / p.KB), k0 = (int)(it - (i64)tile * p.KB), nk = (int)min((i64)(p.KB - k0), end - it);
-        wide_produce<NT, XSTAGES>(p, &xmap, S, ptrs + off, nk, k0, (tile / W.mtiles) * NT * 8, x, w);
-        off += 2 * (nk + 1);
-        it += nk;
+        const Segment g(p, it, end);
+        wide_produce<NT, XSTAGES>(p, &xmap, S, ptrs + off, g.nk, g.k0, (g.tile / W.mtiles) * NT * 8, x, w);
+        off += 2 * (g.nk + 1);
+        it += g.nk;
       }
     return;
   }
@@ -740,21 +747,21 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   const bool lead = (threadIdx.x & 31) == 0;
   u32 a[2][4][4];
   for (i64 it = begin; it < end;) {
-    const int tile = (int)(it / p.KB), k0 = (int)(it - (i64)tile * p.KB), nk = (int)min((i64)(p.KB - k0), end - it);
+    const Segment g(p, it, end);
     // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
     wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, x, w, acc, a, L);
     wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
-    for (int s = 2; s < nk; s += 2) {
+    for (int s = 2; s < g.nk; s += 2) {
       wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, x, w, acc, a, L);
       wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
     }
     wgmma_wait<0>();
     fence_accumulators<NT>(acc);
     if (lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));  // the segment's last X slot
-    if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, (tile / W.mtiles) * NT * 8, flag))
-      store_tile<NT, BF16>(p, acc, ((tile % W.mtiles) * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
-                           (tile / W.mtiles) * NT * 8);
-    it += nk;
+    if (g.nk == p.KB || wide_fixup<NT>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))
+      store_tile<NT, BF16>(p, acc, ((g.tile % W.mtiles) * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
+                           (g.tile / W.mtiles) * NT * 8);
+    it += g.nk;
   }
 }
 #endif
