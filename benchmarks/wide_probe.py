@@ -7,15 +7,14 @@ Columns: cuBLAS us | old (n <= 128: the mma.sync kernel in 64-token chunks; abov
 Every column is checked against an fp32 reference first.
 """
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 import flashllm
-from flashllm.bench.kernel import clone_weight, rel_err
-from flashllm.bench.timing import copies_to_defeat_l2, time_graph
+from flashllm.bench.kernel import clone_weight, interleaved_medians, rel_err
+from flashllm.bench.timing import copies_to_defeat_l2
 from flashllm.kernels import dispatch
 from flashllm.kernels.decompress import dense_matmul
 
@@ -45,20 +44,14 @@ for m, k in shapes:
             columns = [("old", old_path)] + [("wide", lambda x, c: dispatch.spmm_kernel(x, c, wide=1))]
             columns += [(",".join(f"{a}{b}" for a, b in cfg.items()),
                          lambda x, c, cfg=cfg: dispatch.spmm_kernel(x, c, wide=1, **cfg)) for cfg in extra]
-            fns = []
+            fns = {"cuBLAS": [lambda d=d: F.linear(x, d) for d in dcopies]}
             for label, fn in columns:
                 err = rel_err(fn(x, sw), ref)
                 assert err < 2e-3, (label, n, err)
-                fns.append([lambda c=c, fn=fn: fn(x, c) for c in copies])
-            dense_fns = [lambda d=d: F.linear(x, d) for d in dcopies]
-            times = [[] for _ in columns]
-            dense_times = []
-            for _ in range(reps):
-                dense_times.append(time_graph(dense_fns, launches=20, replays=5))
-                for i, f in enumerate(fns):
-                    times[i].append(time_graph(f, launches=20, replays=5))
-            t_dense = statistics.median(dense_times)
+                fns[label] = [lambda c=c, fn=fn: fn(x, c) for c in copies]
+            us = interleaved_medians(fns, reps, launches=20)
+            t_dense = us["cuBLAS"]
             cfg = dispatch.config_for(sw, n, wide=1)
-            cells = [f"{label} {t_dense / statistics.median(ts):.2f}x" for (label, _), ts in zip(columns, times)]
+            cells = [f"{label} {t_dense / us[label]:.2f}x" for label, _ in columns]
             print(f"{m}x{k} {fmt} {sp:.0%} N={n:4d} cuBLAS {t_dense:7.1f} us | " + " | ".join(cells)
                   + f"  [wide nt{cfg.nt} ctas{cfg.ctas} st{cfg.stages}]", flush=True)

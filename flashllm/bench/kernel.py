@@ -71,14 +71,14 @@ def bench_peers(w_dense, x_by_n, n_peer):
     return out
 
 
-def interleaved_medians(columns: dict, reps: int, timer=time_graph) -> dict:
+def interleaved_medians(columns: dict, reps: int, timer=time_graph, launches: int = 10) -> dict:
     """Median microseconds of each column (a list of callables, one per weight copy), timed `reps` times
     round-robin: one machine's single runs of a few-hundred-microsecond kernel move by up to ~10%, and
     interleaving spreads a slow stretch over every column instead of one."""
     times = {label: [] for label in columns}
     for _ in range(reps):
         for label, fns in columns.items():
-            times[label].append(timer(fns, launches=10, replays=5))
+            times[label].append(timer(fns, launches=launches, replays=5))
     return {label: statistics.median(ts) for label, ts in times.items()}
 
 
