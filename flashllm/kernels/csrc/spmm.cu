@@ -624,6 +624,8 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
   const int c = blockIdx.x, tid = threadIdx.x;
   const i64 t0 = (i64)tile * p.KB;
   const int first = W.cta_of(t0), last = W.cta_of(t0 + p.KB - 1);
+  // This thread's first value in slot `slot` of CTA `cta`
+  auto parked = [&](int cta, int slot) { return p.partial + ((i64)cta * 2 + slot) * REGS * WIDE_CONSUMERS + tid; };
   u32 arrived;
   // Whether all the other segments are in: the counter (after adding `add`) as thread 0 sees it, for all.
   // The first barrier keeps thread 0 from rewriting the flag before every warp has read its last value,
@@ -637,7 +639,7 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
   };
   const bool head = seg_begin == t0;
   if (!(head && others_in(0))) {
-    float* mine = p.partial + ((i64)c * 2 + (seg_begin == W.start(c) ? 0 : 1)) * REGS * WIDE_CONSUMERS + tid;
+    float* mine = parked(c, seg_begin == W.start(c) ? 0 : 1);
 #pragma unroll
     for (int j = 0; j < NT; j++)
       if (n0 + j * 8 < p.N)
@@ -649,7 +651,7 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
   __threadfence();
   if (head) {  // acc is the first term already: add the others in CTA order, a whole partial per round trip
     for (int cc = first + 1; cc <= last; cc++) {
-      const float* src = p.partial + ((i64)cc * 2) * REGS * WIDE_CONSUMERS + tid;  // slot 0: cc starts here
+      const float* src = parked(cc, 0);  // slot 0: cc starts here
 #pragma unroll
       for (int j = 0; j < NT; j++) {
         if (j % 16 == 0) asm volatile("" ::: "memory");  // 64 loads in flight at most: no spills at NT = 32
@@ -665,7 +667,7 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
   for (int q = 0; q < NT; q += 4) {
     float sum[4][4];
     for (int cc = first; cc <= last; cc++) {
-      const float* src = p.partial + ((i64)cc * 2 + (W.start(cc) >= t0 ? 0 : 1)) * REGS * WIDE_CONSUMERS + tid;
+      const float* src = parked(cc, W.start(cc) >= t0 ? 0 : 1);
       float v[4][4];
 #pragma unroll
       for (int j = 0; j < 4; j++)
