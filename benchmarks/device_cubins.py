@@ -27,6 +27,7 @@ def main(name: str, labels: list[str]) -> None:
         def source(program="spmm.cu", edits=table[label]):
             s = original(program)
             for old, new in edits:
+                assert s.count(old) == 1, f"{label}: the edit no longer matches the source: {old!r}"
                 s = s.replace(old, new)
             return s
         jit._source = source

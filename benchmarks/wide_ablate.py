@@ -1,6 +1,7 @@
 """Device aid: what bounds the wide kernel - time it with parts of its stage cut out (results are garbage).
 
 usage: python benchmarks/wide_ablate.py [SHAPE ...]   env: N=256 FMT=bitmap SPARSITY=0.5 CFG='nt=32' ABL=base,nofixup
+                                                      OLD=path/to/spmm.cu (another revision, timed as "old")
 Edits (string replacements of csrc/spmm.cu, compiled through the same JIT): nox (no X tile TMA),
 nodecode (A = constants: no shared loads or decode), nomma (no wgmma), and combinations; nofixup (every
 stream-K segment stores its tile, no partials), nofence (the fix-up's writers skip their fence).
@@ -21,17 +22,19 @@ DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, sc
         "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = blk + f + q;"),
        ("    for (int f = 0; f < 4; f++) decode_fragment(a[SET][f], blk, scratch, f, L, base, strip);",
         "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = base + f + q;")]
-MMA = [("    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);", "    if (0) ;"),
-       ("    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
-        "    else if (f == 9) acc[0][0] += a[SET][f][0];")]
-FIX = [("if (nk == p.KB || wide_fixup<NT>(p, W, acc, tile, it, (tile / W.mtiles) * NT * 8, flag))", "if (true)")]  # every segment stores
+MMA = [("  for (int f = 0; f < 4; f++) wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
+        "  for (int f = 0; f < 4; f++) if (f == 9) acc[0][0] += a[SET][f][0];")]
+FIX = [("if (g.nk == p.KB || wide_fixup<NT>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))", "if (true)")]  # every segment stores
 FENCE = [("    __threadfence();\n    if (!others_in(1))", "    if (!others_in(1))")]  # the writers' fence
-ONE = [("  for (i64 it = begin; it < end;) {\n    const int tile", "  if (i64 it = begin; it < end) {\n    const int tile"),
-       ("    it += nk;\n  }\n}", "  }\n}")]  # consumers: one segment (a tile per CTA only)
+ONE = [("  for (i64 it = begin; it < end;) {\n    const Segment g(p, it, end);\n#pragma unroll",
+        "  if (i64 it = begin; it < end) {\n    const Segment g(p, it, end);\n#pragma unroll"),
+       ("    it += g.nk;\n  }\n}", "  }\n}")]  # consumers: one segment (a tile per CTA only)
 NOACCFENCE = [("    fence_accumulators<NT>(acc);\n", "")]
 EDITS = {"base": [], "nox": X, "nodecode": DEC, "nomma": MMA, "nox+nodecode": X + DEC, "nodecode+nomma": DEC + MMA,
          "nox+nomma": X + MMA, "all": X + DEC + MMA, "nofixup": FIX, "nofence": FENCE, "onesegment": ONE,
          "noaccfence": NOACCFENCE, "onesegment+nofixup": ONE + FIX}
+if os.environ.get("OLD"):
+    EDITS["old"] = [("", "")]  # marker: the whole of spmm.cu comes from $OLD (its headers from this tree)
 if os.environ.get("ABL"):
     EDITS = {label: EDITS[label] for label in os.environ["ABL"].split(",")}
 original = jit._source.__wrapped__
@@ -40,6 +43,11 @@ original = jit._source.__wrapped__
 def patched(edits):
     def source(program="spmm.cu"):
         s = original(program)
+        if edits == EDITS.get("old"):
+            s = open(os.environ["OLD"]).read()
+            for header in ("common.cuh", "wgmma.cuh"):
+                s = s.replace(f'#include "{header}"', (jit.CSRC / header).read_text())
+            return s
         for old, new in edits:
             assert old in s, old
             s = s.replace(old, new)

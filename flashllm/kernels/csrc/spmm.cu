@@ -553,10 +553,11 @@ __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap
   }
 }
 
-template <int FMT, int NT, int XSTAGES, bool BF16, int SET, bool FIRST>
+// `after`: a stage of this segment ran before, so the previous X slot is this stage's to release.
+template <int FMT, int NT, int XSTAGES, bool BF16, int SET>
 __device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, XSTAGES>& S, u32 scratch,
                                            RingPos& x, RingPos& w, float (&acc)[NT][4], u32 (&a)[2][4][4],
-                                           const BitmapLane& L) {
+                                           const BitmapLane& L, bool after) {
   const bool lead = (threadIdx.x & 31) == 0;
   mbar_wait(S.xfull + 8 * x.slot, x.phase);
   mbar_wait(S.wfull + 8 * w.slot, w.phase);
@@ -579,13 +580,10 @@ __device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, X
   const unsigned long long xdesc = sw128_desc(S.xring + x.slot * S.X_BYTES);
   wgmma_fence();  // all four fragments first: a register written between a stage's wgmmas serializes them
 #pragma unroll
-  for (int f = 0; f < 4; f++) {
-    if (FIRST && f == 0) wgmma_rs<NT, BF16, 0>(acc, a[SET][f], xdesc);  // acc = A.B: no zeroed accumulators
-    else wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
-  }
+  for (int f = 0; f < 4; f++) wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
   wgmma_commit();
   wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and X slot are free
-  if (!FIRST && lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));
+  if (after && lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));
   x.next(XSTAGES);
 }
 
@@ -741,8 +739,10 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  // No zeroing: each segment's first wgmma overwrites the accumulators.  Zeroed registers meeting the
-  // loop's in-flight wgmmas at its head made ptxas serialize every wgmma (C7515).
+  // Each segment zeroes its accumulators (no wgmma is in flight then) and runs one loop of stage pairs.
+  // Peeling the segment's first pair instead (a first wgmma with scale-d = 0, no zeroing) built the same
+  // loop, but NVRTC 13.0 (CUDA 13.0) then scheduled the decode on one or two predicate registers, 1.7x the
+  // static stall cycles: the stage loop ran ~18 % slower at 128 tokens (NOTES.md, "Stream-K").
   float acc[NT][4];
   const BitmapLane L = bitmap_lane();
   const u32 scratch = S.scratch + (threadIdx.x >> 5) * 128;
@@ -750,12 +750,14 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
   u32 a[2][4][4];
   for (i64 it = begin; it < end;) {
     const Segment g(p, it, end);
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[j][i] = 0.f;
     // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
-    wide_stage<FMT, NT, XSTAGES, BF16, 0, true>(p, S, scratch, x, w, acc, a, L);
-    wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
-    for (int s = 2; s < g.nk; s += 2) {
-      wide_stage<FMT, NT, XSTAGES, BF16, 0, false>(p, S, scratch, x, w, acc, a, L);
-      wide_stage<FMT, NT, XSTAGES, BF16, 1, false>(p, S, scratch, x, w, acc, a, L);
+    for (int s = 0; s < g.nk; s += 2) {
+      wide_stage<FMT, NT, XSTAGES, BF16, 0>(p, S, scratch, x, w, acc, a, L, s > 0);
+      wide_stage<FMT, NT, XSTAGES, BF16, 1>(p, S, scratch, x, w, acc, a, L, true);
     }
     wgmma_wait<0>();
     fence_accumulators<NT>(acc);
