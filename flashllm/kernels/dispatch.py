@@ -34,8 +34,7 @@ WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
 WIDE_STAGES = {16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
 WIDE_MAX_W_STAGES = 12  # weight ring depth, as far as shared memory allows (>= 3)
 WIDE_MIN_N, WIDE_MAX_N = 65, 1024  # token counts the wide kernel takes on sm_90a (see use_wide)
-WIDE_BITMAP_MIN_N = 33  # the bitmap from here on, on matrices of up to WIDE_BITMAP_MAX_ROW_BLOCKS row blocks
-WIDE_BITMAP_MAX_ROW_BLOCKS = 256
+WIDE_BITMAP_MIN_N = 33  # the bitmap from here on (see use_wide)
 
 
 class Params(ctypes.Structure):
@@ -208,16 +207,16 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     Measured on an H100 (benchmarks/wide_probe.py; NOTES.md "The wide kernel"), against what ran there
     before: 65-1024 tokens, the SpMM kernel in 64-token chunks or decompression + cuBLAS, both formats, every
     shape (12288x12288 at 50 %: N = 128 0.57 -> 1.00x cuBLAS, 512 0.51 -> 0.69x, 1024 0.67 -> 0.75x; from
-    2048 tokens decompression + cuBLAS was as fast or faster).  33-64 tokens: the bitmap on matrices of up to
-    16384 rows (7168x7168 50 %, N = 64: 0.76 -> 1.01x; 12288x12288 0.83 -> 0.96x), where the mma.sync
-    kernel's grid is small; from 21504 rows that kernel was faster (27648x9216: 1.10 against 0.89x), and the
-    pair bitmap's was faster everywhere.
+    2048 tokens decompression + cuBLAS was as fast or faster).  33-64 tokens: the bitmap, against its mma.sync
+    kernel (tenth session, after the wide kernel's stage loop was rebuilt; 12 paper shapes at 48 and 64
+    tokens, 50 / 70 %): +5-45 % on the H100 (9216x36864 50 % N = 64: 0.87 -> 1.28x cuBLAS, 27648x9216
+    1.10 -> 1.24x) and +3-48 % on the H200 (0.58 -> 0.86x), level or up to 8 % behind on 28672x7168 at 48
+    tokens only.  The pair bitmap's mma.sync kernel stays as fast or faster there (9216x36864 80 %: 1.43
+    against 1.31x on the H100).  `m` is kept for callers: no rule depends on it now.
     """
     if not hopper or fmt not in WIDE_FORMATS or n > WIDE_MAX_N:
         return False
-    if n >= WIDE_MIN_N:
-        return True
-    return fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N and -(-m // BLOCK) <= WIDE_BITMAP_MAX_ROW_BLOCKS
+    return n >= WIDE_MIN_N or (fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N)
 
 
 # The wide kernel's stream-K grid, measured on an H100 (benchmarks/wide_probe.py, bitmap 50-70 % and pair

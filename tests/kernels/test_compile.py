@@ -134,13 +134,13 @@ def test_wide_stream_k_grid():
 
 
 def test_wide_rule():
-    """dispatch.use_wide: sm_90a only; 65-1024 tokens for both bitmap formats; the bitmap from 33 tokens on
-    matrices of up to 16384 rows; never sliced ELL or Tiled-CSL."""
+    """dispatch.use_wide: sm_90a only; 65-1024 tokens for both bitmap formats; the bitmap from 33 tokens at
+    any row count; never sliced ELL or Tiled-CSL."""
     assert dispatch.use_wide("bitmap", 28672, 65, True) and dispatch.use_wide("pairmap", 7168, 1024, True)
     assert not dispatch.use_wide("bitmap", 7168, 512, False) and not dispatch.use_wide("tiled_csl", 7168, 512, True)
     assert not dispatch.use_wide("pairmap", 7168, 2048, True) and not dispatch.use_wide("bitmap", 7168, 32, True)
-    assert dispatch.use_wide("bitmap", 16384, 33, True) and not dispatch.use_wide("bitmap", 16385, 64, True)
-    assert not dispatch.use_wide("pairmap", 7168, 64, True)
+    assert dispatch.use_wide("bitmap", 16384, 33, True) and dispatch.use_wide("bitmap", 49152, 64, True)
+    assert not dispatch.use_wide("pairmap", 7168, 64, True) and not dispatch.use_wide("pairmap", 49152, 33, True)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
