@@ -154,13 +154,15 @@ def test_config_for_routes_to_the_wide_kernel(monkeypatch, capability):
     hopper = capability == (9, 0)
     gen = torch.Generator().manual_seed(0)
     small, big = (flashllm.compress(torch.randn(m, 576, generator=gen).half(), "bitmap") for m in (7168, 21504))
+    pairs = flashllm.compress(torch.randn(7168, 576, generator=gen).half(), "pairmap")
     assert dispatch.config_for(small, 64).wide == hopper and dispatch.config_for(big, 300).wide == hopper
-    assert not dispatch.config_for(big, 64).wide and not dispatch.config_for(small, 32).wide
+    assert dispatch.config_for(big, 64).wide == hopper and not dispatch.config_for(small, 32).wide
+    assert not dispatch.config_for(pairs, 64).wide and dispatch.config_for(pairs, 65).wide == hopper
     assert dispatch.config_for(small, 300, split=3, stages=None).wide == hopper  # None: not an override
     assert not dispatch.config_for(small, 300, spw=1).wide and not dispatch.config_for(small, 64, wg=False).wide
     if hopper:
         assert dispatch.config_for(small, 300, split=3).split == 3
-        assert dispatch.config_for(big, 64, wide=1).wide
+        assert dispatch.config_for(big, 32, wide=1).wide
     else:
         with pytest.raises(ValueError, match="sm_90a"):
             dispatch.config_for(small, 300, wide=1)
