@@ -30,11 +30,10 @@ MAX_KERNEL_N = 128  # above this (WIDE_MAX_N where use_wide) the weight is decom
 WIDE_THREADS = 384  # the wide kernel: two consumer warpgroups and a producer (csrc/spmm.cu spmm_wide)
 WIDE_CONSUMER_WARPS = 8
 WIDE_FORMATS = ("bitmap", "pairmap")
-WIDE_NT_CHOICES = (16, 32)  # 128 or 256 tokens per CTA
-WIDE_STAGES = {16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
+WIDE_NT_CHOICES = (8, 16, 32)  # 64, 128 or 256 tokens per CTA
+WIDE_STAGES = {8: 8, 16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
 WIDE_MAX_W_STAGES = 12  # weight ring depth, as far as shared memory allows (>= 3)
-WIDE_MIN_N, WIDE_MAX_N = 65, 1024  # token counts the wide kernel takes on sm_90a (see use_wide)
-WIDE_BITMAP_MIN_N = 33  # the bitmap from here on (see use_wide)
+WIDE_MIN_N, WIDE_MAX_N = 33, 1024  # token counts the wide kernel takes on sm_90a (see use_wide)
 
 
 class Params(ctypes.Structure):
@@ -207,16 +206,16 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     Measured on an H100 (benchmarks/wide_probe.py; NOTES.md "The wide kernel"), against what ran there
     before: 65-1024 tokens, the SpMM kernel in 64-token chunks or decompression + cuBLAS, both formats, every
     shape (12288x12288 at 50 %: N = 128 0.57 -> 1.00x cuBLAS, 512 0.51 -> 0.69x, 1024 0.67 -> 0.75x; from
-    2048 tokens decompression + cuBLAS was as fast or faster).  33-64 tokens: the bitmap, against its mma.sync
-    kernel (tenth session, after the wide kernel's stage loop was rebuilt; 12 paper shapes at 48 and 64
-    tokens, 50 / 70 %): +5-45 % on the H100 (9216x36864 50 % N = 64: 0.87 -> 1.28x cuBLAS, 27648x9216
-    1.10 -> 1.24x) and +3-48 % on the H200 (0.58 -> 0.86x), level or up to 8 % behind on 28672x7168 at 48
-    tokens only.  The pair bitmap's mma.sync kernel stays as fast or faster there (9216x36864 80 %: 1.43
-    against 1.31x on the H100).  `m` is kept for callers: no rule depends on it now.
+    2048 tokens decompression + cuBLAS was as fast or faster).  33-64 tokens (tenth session, after the wide
+    kernel's stage loop was rebuilt, with 64-token tiles): against the mma.sync kernels on 6 paper shapes at 48
+    and 64 tokens, the bitmap (50 / 70 %) gains 5-50 % on the H100 (9216x36864 50 % N = 64: 0.92 -> 1.41x
+    cuBLAS; 7168x7168 0.77 -> 1.00x), the pair bitmap (80 %) -3 to +20 % (28672x7168: 1.19 -> 1.36x).  At 32
+    tokens and below the mma.sync kernels stay ahead (pair bitmap 80 % N = 32: 1.35-1.98 against 1.06-1.53x).
+    `m` is kept for callers: no rule depends on it now.
     """
-    if not hopper or fmt not in WIDE_FORMATS or n > WIDE_MAX_N:
+    if not hopper or fmt not in WIDE_FORMATS:
         return False
-    return n >= WIDE_MIN_N or (fmt == "bitmap" and n >= WIDE_BITMAP_MIN_N)
+    return WIDE_MIN_N <= n <= WIDE_MAX_N
 
 
 # The wide kernel's stream-K grid, measured on an H100 (benchmarks/wide_probe.py, bitmap 50-70 % and pair
@@ -254,12 +253,13 @@ def wide_ptr_bytes(tiles: int, kb: int, ctas: int) -> int:
 @functools.lru_cache(maxsize=1024)
 def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int, nt: int | None = None,
                        stages: int | None = None, split: int | None = None, ctas: int | None = None) -> Config:
-    """The wide kernel's config: 128 tokens per CTA up to 128, else 256; a stream-K grid (wide_ctas), or
-    `split` CTAs per tile (split-K), or `ctas` CTAs."""
+    """The wide kernel's config: 64 tokens per CTA up to 64, 128 up to 128, else 256 (a wgmma no wider than
+    the tokens: at 64 tokens m64n64 against m64n128 took the kernel 1.17 -> 1.29x cuBLAS on 12288x12288, H100);
+    a stream-K grid (wide_ctas), or `split` CTAs per tile (split-K), or `ctas` CTAs."""
     if fmt not in WIDE_FORMATS:
         raise ValueError(f"the wide kernel decodes {WIDE_FORMATS}, not {fmt!r}")
     mb, kb = block_grid((m, k))
-    nt = nt or (16 if n <= 128 else 32)
+    nt = nt or (8 if n <= 64 else 16 if n <= 128 else 32)
     if nt not in WIDE_NT_CHOICES:
         raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream

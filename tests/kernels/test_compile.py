@@ -134,13 +134,13 @@ def test_wide_stream_k_grid():
 
 
 def test_wide_rule():
-    """dispatch.use_wide: sm_90a only; 65-1024 tokens for both bitmap formats; the bitmap from 33 tokens at
-    any row count; never sliced ELL or Tiled-CSL."""
+    """dispatch.use_wide: sm_90a only; 33-1024 tokens for both bitmap formats at any row count; never sliced
+    ELL or Tiled-CSL."""
     assert dispatch.use_wide("bitmap", 28672, 65, True) and dispatch.use_wide("pairmap", 7168, 1024, True)
     assert not dispatch.use_wide("bitmap", 7168, 512, False) and not dispatch.use_wide("tiled_csl", 7168, 512, True)
     assert not dispatch.use_wide("pairmap", 7168, 2048, True) and not dispatch.use_wide("bitmap", 7168, 32, True)
     assert dispatch.use_wide("bitmap", 16384, 33, True) and dispatch.use_wide("bitmap", 49152, 64, True)
-    assert not dispatch.use_wide("pairmap", 7168, 64, True) and not dispatch.use_wide("pairmap", 49152, 33, True)
+    assert dispatch.use_wide("pairmap", 7168, 33, True) and not dispatch.use_wide("pairmap", 7168, 32, True)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
@@ -157,7 +157,9 @@ def test_config_for_routes_to_the_wide_kernel(monkeypatch, capability):
     pairs = flashllm.compress(torch.randn(7168, 576, generator=gen).half(), "pairmap")
     assert dispatch.config_for(small, 64).wide == hopper and dispatch.config_for(big, 300).wide == hopper
     assert dispatch.config_for(big, 64).wide == hopper and not dispatch.config_for(small, 32).wide
-    assert not dispatch.config_for(pairs, 64).wide and dispatch.config_for(pairs, 65).wide == hopper
+    assert not dispatch.config_for(pairs, 32).wide and dispatch.config_for(pairs, 33).wide == hopper
+    if hopper:  # a wgmma no wider than the tokens
+        assert [dispatch.config_for(small, n).nt for n in (33, 64, 65, 128, 129)] == [8, 8, 16, 16, 32]
     assert dispatch.config_for(small, 300, split=3, stages=None).wide == hopper  # None: not an override
     assert not dispatch.config_for(small, 300, spw=1).wide and not dispatch.config_for(small, 64, wg=False).wide
     if hopper:
