@@ -1,7 +1,7 @@
 """Device aid: the device NVRTC's cubins of kernel instantiations, optionally under wide_ablate.py's edits,
 written to $OUT for `cuobjdump -sass` here (the device's NVRTC may schedule differently from this machine's).
 
-usage: python benchmarks/device_cubins.py 'spmm_wide<0,16,6,false>' [EDIT ...]   (EDIT: a wide_ablate.py label)
+usage: python benchmarks/device_cubins.py 'spmm_wide<0,16,6,false,2>' [EDIT ...]   (EDIT: a wide_ablate.py label)
 """
 import os
 import sys

@@ -24,7 +24,7 @@ DEC = [("    for (int f = 0; f < 4; f++) decode_pair_fragment(a[SET][f], blk, sc
         "    for (int f = 0; f < 4; f++) for (int q = 0; q < 4; q++) a[SET][f][q] = base + f + q;")]
 MMA = [("  for (int f = 0; f < 4; f++) wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);",
         "  for (int f = 0; f < 4; f++) if (f == 9) acc[0][0] += a[SET][f][0];")]
-FIX = [("if (g.nk == p.KB || wide_fixup<NT>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))", "if (true)")]  # every segment stores
+FIX = [("if (g.nk == p.KB || wide_fixup<NT, CW>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))", "if (true)")]  # every segment stores
 FENCE = [("    __threadfence();\n    if (!others_in(1))", "    if (!others_in(1))")]  # the writers' fence
 ONE = [("  for (i64 it = begin; it < end;) {\n    const Segment g(p, it, end);\n#pragma unroll",
         "  if (i64 it = begin; it < end) {\n    const Segment g(p, it, end);\n#pragma unroll"),

@@ -27,8 +27,9 @@ MAX_CLUSTER = 8  # the portable cluster size (csrc/spmm.cu MAX_CLUSTER)
 DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu DECOMPRESS_KPER)
 DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
 MAX_KERNEL_N = 128  # above this (WIDE_MAX_N where use_wide) the weight is decompressed in chunks for cuBLAS
-WIDE_THREADS = 384  # the wide kernel: two consumer warpgroups and a producer (csrc/spmm.cu spmm_wide)
-WIDE_CONSUMER_WARPS = 8
+# The wide kernel (csrc/spmm.cu spmm_wide): `spw` consumer warpgroups, one 64-row block each, and a producer
+# warpgroup.  Three at 64 tokens per CTA (fewer accumulators leave the registers for a third), else two.
+WIDE_GROUPS = {8: 3, 16: 2, 32: 2}
 WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (8, 16, 32)  # 64, 128 or 256 tokens per CTA
 WIDE_STAGES = {8: 8, 16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
@@ -56,19 +57,19 @@ class Config:
     smem: int
     wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
-    wide: bool = False  # the wide kernel: 384 threads, two 64-row blocks, 128-256 tokens per CTA
+    wide: bool = False  # the wide kernel: spw consumer warpgroups (64-row blocks) + a producer, 64-256 tokens
     w_stages: int = 0   # the wide kernel's weight ring (its X ring is `stages` deep)
     ctas: int = 0       # the wide kernel's grid: CTAs sharing its (tile, K block) iterations (stream-K)
 
     def name(self, fmt: str, bf16: bool) -> str:
         flag = lambda b: "true" if b else "false"  # noqa: E731
         if self.wide:
-            return f"spmm_wide<{_BLOCK_FORMATS.index(fmt)},{self.nt},{self.stages},{flag(bf16)}>"
+            return f"spmm_wide<{_BLOCK_FORMATS.index(fmt)},{self.nt},{self.stages},{flag(bf16)},{self.spw}>"
         return f"spmm_{fmt}<{self.spw},{self.nt},{self.stages},{flag(bf16)},{flag(self.wg)}>"
 
     @property
     def threads(self) -> int:
-        return WIDE_THREADS if self.wide else THREADS
+        return 128 * (self.spw + 1) if self.wide else THREADS
 
 
 def _device_props(index: int) -> tuple[int, tuple[int, int]]:
@@ -242,17 +243,19 @@ def wide_ctas(tiles: int, kb: int, sms: int, x_bytes: int = 0) -> int:
     return shared if shared > tiles else tiles  # else too little work to share
 
 
-def wide_ptr_bytes(tiles: int, kb: int, ctas: int) -> int:
-    """Shared memory for the block offsets of a CTA's segments: its range's blocks plus one per segment and
-    row block (a range of `per` iterations meets at most (per + kb - 2) // kb + 1 tiles)."""
+def wide_ptr_bytes(tiles: int, kb: int, ctas: int, groups: int = 2) -> int:
+    """Shared memory for the block offsets of a CTA's segments: its range's blocks plus one per segment, for
+    each of the `groups` row blocks of a tile (a range of `per` iterations meets at most (per + kb - 2) // kb
+    + 1 tiles)."""
     per = -(-tiles * kb // ctas)
     segments = (per + kb - 2) // kb + 1
-    return 8 * 2 * (per + segments)
+    return 8 * groups * (per + segments)
 
 
 @functools.lru_cache(maxsize=1024)
 def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, sms: int, nt: int | None = None,
-                       stages: int | None = None, split: int | None = None, ctas: int | None = None) -> Config:
+                       stages: int | None = None, split: int | None = None, ctas: int | None = None,
+                       groups: int | None = None) -> Config:
     """The wide kernel's config: 64 tokens per CTA up to 64, 128 up to 128, else 256 (a wgmma no wider than
     the tokens: at 64 tokens m64n64 against m64n128 took the kernel 1.17 -> 1.29x cuBLAS on 12288x12288, H100);
     a stream-K grid (wide_ctas), or `split` CTAs per tile (split-K), or `ctas` CTAs."""
@@ -263,7 +266,10 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     if nt not in WIDE_NT_CHOICES:
         raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
-    tiles = -(-mb // 2) * -(-n // (8 * nt))
+    groups = groups or WIDE_GROUPS[nt]
+    if groups not in (2, 3) or (groups == 3 and nt > 8):
+        raise ValueError(f"the wide kernel takes 2 consumer groups, or 3 at nt = 8; got {groups} at nt = {nt}")
+    tiles = -(-mb // groups) * -(-n // (8 * nt))
     if split is not None and ctas is not None:
         raise ValueError("give the wide kernel split or ctas, not both")
     if split is not None:
@@ -273,8 +279,8 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     ctas = min(ctas or wide_ctas(tiles, kb, sms, n * k * 2), tiles * kb)  # at most one CTA per (tile, K block)
     # +1 KB to align the X ring, the consumer warps' scratch, the fix-up's flag, the block offsets; then the
     # two rings (a slot: an X tile or two weight blocks, and its full and empty mbarriers)
-    fixed = 1024 + WIDE_CONSUMER_WARPS * 128 + 16 + wide_ptr_bytes(tiles, kb, ctas)
-    x_bytes, w_bytes = nt * 8 * 128 + 16, 2 * stage_w + 16
+    fixed = 1024 + groups * 4 * 128 + 16 + wide_ptr_bytes(tiles, kb, ctas, groups)
+    x_bytes, w_bytes = nt * 8 * 128 + 16, groups * stage_w + 16
     stages = stages or WIDE_STAGES[nt]
     if fixed + stages * x_bytes + 3 * w_bytes > SMEM_PER_SM:
         stages = 3  # the compiled fallback (all_variants)
@@ -283,7 +289,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
         raise ValueError(f"blocks of up to {max_block_bytes} bytes leave the wide kernel too little shared memory "
                          f"({ctas} CTAs)")
     smem = fixed + stages * x_bytes + w_stages * w_bytes
-    return Config(2, nt, stages, split or 1, kb, stage_w, smem, wg=True, wide=True, w_stages=w_stages, ctas=ctas)
+    return Config(groups, nt, stages, split or 1, kb, stage_w, smem, wg=True, wide=True, w_stages=w_stages, ctas=ctas)
 
 
 # n8-tile counts that take wgmma on Hopper, read off full `flashllm bench kernel` runs on an H200
@@ -318,7 +324,7 @@ def _launch(x: torch.Tensor, w: SparseWeight, cfg: Config, y: torch.Tensor, bias
         tiles = grid[0] * grid[1]
         grid = (cfg.ctas, 1, 1)
         if tiles % cfg.ctas:  # some ranges split tiles: fp32 partials (two slots a CTA) and arrival counters
-            partial = torch.empty((cfg.ctas, 2, 2 * BLOCK * 8 * cfg.nt), dtype=torch.float32, device=x.device)
+            partial = torch.empty((cfg.ctas, 2, cfg.spw * BLOCK * 8 * cfg.nt), dtype=torch.float32, device=x.device)
             counters = torch.zeros(tiles, dtype=torch.int32, device=x.device)
     else:
         if cfg.cluster and not _clusters_fit(name, dev, grid, cfg.smem, cfg.split):
@@ -459,7 +465,7 @@ def all_variants() -> list[str]:
         for bf16 in (False, True):
             for nt in WIDE_NT_CHOICES:
                 for stages in sorted({3, WIDE_STAGES[nt]}):
-                    names.append(Config(2, nt, stages, 1, 1, 0, 0, True, wide=True).name(fmt, bf16))
+                    names.append(Config(WIDE_GROUPS[nt], nt, stages, 1, 1, 0, 0, True, wide=True).name(fmt, bf16))
     return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<0>", "decompress<1>", "decompress<2>"]
 
 

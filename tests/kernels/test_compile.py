@@ -95,10 +95,11 @@ def test_wide_config_is_valid_and_compiled():
             for n in (33, 65, 128, 129, 512, 1024):
                 for block in (dense_block // 5, dense_block):
                     cfg = dispatch.choose_wide_config(fmt, m, k, n, block, 132)
-                    tiles = -(-m // 128) * -(-n // (8 * cfg.nt))
+                    tiles = -(-m // (64 * cfg.spw)) * -(-n // (8 * cfg.nt))
                     assert min(tiles, 132) <= cfg.ctas <= max(tiles, 132) and cfg.ctas <= tiles * -(-k // 64)
                     assert cfg.smem <= dispatch.SMEM_PER_SM and cfg.w_stages >= 3
-                    assert cfg.wide and cfg.threads == dispatch.WIDE_THREADS and 8 * cfg.nt >= min(n, 128)
+                    assert cfg.wide and cfg.threads == 128 * (cfg.spw + 1) and 8 * cfg.nt >= min(n, 128)
+                    assert cfg.spw == (3 if n <= 64 else 2)  # consumer groups: a third where registers allow
                     assert cfg.name(fmt, fmt == "bitmap") in dispatch.all_variants()
     with pytest.raises(ValueError, match="decodes"):
         dispatch.choose_wide_config("tiled_csl", 512, 512, 256, 4000, 132)
@@ -131,6 +132,10 @@ def test_wide_stream_k_grid():
             seen.update((tile, k) for k in range(k0, k0 + nk))
             need[c] = need.get(c, 0) + 16 * (nk + 1)
         assert len(seen) == tiles * kb and max(need.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas)
+        need3 = {}
+        for c, tile, k0, nk in stream_k_segments(tiles, kb, ctas):
+            need3[c] = need3.get(c, 0) + 24 * (nk + 1)  # three row blocks a tile
+        assert max(need3.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas, 3)
 
 
 def test_wide_rule():

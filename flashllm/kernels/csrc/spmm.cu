@@ -477,8 +477,10 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 // of X cost ~80 instructions per warp and stage; and a CTA barrier per stage, with the copies issued
 // by the consumers, left the stage loop latency-bound (decode, copies and wgmma added up, 0.58-0.75x).
 // Per stage, like bitmap_wg_body: two A register sets, wait_group 1.
-#define WIDE_CONSUMERS 256  // two warpgroups
-#define WIDE_THREADS 384    // + the producer warpgroup (one thread works; its registers go to the consumers)
+// CW consumer warpgroups, one 64-row block each per stage, and a producer warpgroup (one thread works; its
+// registers go to the consumers).
+#define WIDE_CONSUMERS(CW) ((CW) * 128)
+#define WIDE_THREADS(CW) ((CW) * 128 + 128)
 #if FLASHLLM_BULK  // Hopper only: bulk copies, TMA and wgmma
 
 struct __align__(64) TmaMap {
@@ -508,15 +510,15 @@ struct RingPos {
 
 // The shared memory of the wide kernel: [X ring (1 KB aligned slots) | weight ring | per-warp scratch |
 // mbarriers: X full, X empty, weights full, weights empty | both blocks' offsets].
-template <int NT, int XSTAGES>
+template <int NT, int XSTAGES, int CW>
 struct WideSmem {
   static constexpr u32 X_BYTES = NT * 8 * X_ROW_BYTES;
   u32 xring, wring, scratch, xfull, xempty, wfull, wempty;
   __device__ __forceinline__ WideSmem(u32 base, const Params& p) {
     xring = (base + 1023) & ~1023u;
     wring = xring + XSTAGES * X_BYTES;
-    scratch = wring + p.w_stages * 2 * p.stage_w_bytes;
-    xfull = scratch + (WIDE_CONSUMERS / 32) * 128;
+    scratch = wring + p.w_stages * CW * p.stage_w_bytes;
+    xfull = scratch + (WIDE_CONSUMERS(CW) / 32) * 128;
     xempty = xfull + 8 * XSTAGES;
     wfull = xempty + 8 * XSTAGES;
     wempty = wfull + 8 * p.w_stages;
@@ -524,11 +526,11 @@ struct WideSmem {
   __device__ __forceinline__ u32 end(const Params& p) const { return wempty + 8 * p.w_stages; }
 };
 
-// The producer (thread 256, the first of the third warpgroup): stages 0 .. nk - 1, and nk when nk is odd (the consumers go in pairs):
+// The producer (the first thread of the last warpgroup): stages 0 .. nk - 1, and nk when nk is odd (the consumers go in pairs):
 // its X tile lies past K (TMA zero-fills it) and its blocks are zero headers and masks (zero weights),
-// stored here directly.  A slot is refilled once all 8 consumer warps released it.
-template <int NT, int XSTAGES>
-__device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap, const WideSmem<NT, XSTAGES>& S,
+// stored here directly.  A slot is refilled once every consumer warp released it.
+template <int NT, int XSTAGES, int CW>
+__device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap, const WideSmem<NT, XSTAGES, CW>& S,
                                              const i64* ptrs, int nk, int kb0, int n0, RingPos& x, RingPos& w) {
   const int last = nk + (nk & 1);
   for (int s = 0; s < last; s++) {
@@ -537,14 +539,17 @@ __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap
     tma_load_2d(S.xring + x.slot * S.X_BYTES, xmap, (s < nk ? kb0 + s : p.KB) * BLOCK, n0, S.xfull + 8 * x.slot);
     x.next(XSTAGES);
     mbar_wait(S.wempty + 8 * w.slot, w.phase ^ 1u);
-    const u32 st = S.wring + w.slot * 2 * p.stage_w_bytes, bar = S.wfull + 8 * w.slot;
+    const u32 st = S.wring + w.slot * CW * p.stage_w_bytes, bar = S.wfull + 8 * w.slot;
     if (s < nk) {
-      const u32 b0 = (u32)(ptrs[s + 1] - ptrs[s]), b1 = (u32)(ptrs[nk + 1 + s + 1] - ptrs[nk + 1 + s]);
-      mbar_arrive_expect(bar, b0 + b1);
-      if (b0) bulk_copy(st, p.weight + ptrs[s], b0, bar);
-      if (b1) bulk_copy(st + p.stage_w_bytes, p.weight + ptrs[nk + 1 + s], b1, bar);
+      u32 b[CW], total = 0;  // block j's offsets start at ptrs[j * (nk + 1)]
+#pragma unroll
+      for (int j = 0; j < CW; j++) total += b[j] = (u32)(ptrs[j * (nk + 1) + s + 1] - ptrs[j * (nk + 1) + s]);
+      mbar_arrive_expect(bar, total);
+#pragma unroll
+      for (int j = 0; j < CW; j++)
+        if (b[j]) bulk_copy(st + j * p.stage_w_bytes, p.weight + ptrs[j * (nk + 1) + s], b[j], bar);
     } else {
-      for (int c = 0; c < 2 * (528 / 16); c++)
+      for (int c = 0; c < CW * (528 / 16); c++)
         asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n"
                      :: "r"(st + (c / 33) * p.stage_w_bytes + ((c % 33) << 4)), "r"(0));
       mbar_arrive_expect(bar, 0);  // releases the stores above to the waiting consumers
@@ -554,14 +559,14 @@ __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap
 }
 
 // `after`: a stage of this segment ran before, so the previous X slot is this stage's to release.
-template <int FMT, int NT, int XSTAGES, bool BF16, int SET>
-__device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, XSTAGES>& S, u32 scratch,
+template <int FMT, int NT, int XSTAGES, bool BF16, int SET, int CW>
+__device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, XSTAGES, CW>& S, u32 scratch,
                                            RingPos& x, RingPos& w, float (&acc)[NT][4], u32 (&a)[2][4][4],
                                            const BitmapLane& L, bool after) {
   const bool lead = (threadIdx.x & 31) == 0;
   mbar_wait(S.xfull + 8 * x.slot, x.phase);
   mbar_wait(S.wfull + 8 * w.slot, w.phase);
-  const u32 blk = S.wring + w.slot * 2 * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
+  const u32 blk = S.wring + w.slot * CW * p.stage_w_bytes + (threadIdx.x >> 7) * p.stage_w_bytes;  // group g: block g
   const int strip = (threadIdx.x >> 5) & 3;
   if (FMT == FMT_PAIRMAP) {
     pair_bases(blk, blk, scratch, scratch, strip);
@@ -595,8 +600,8 @@ __device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, X
 struct WideWork {
   int mtiles;
   i64 iters;
-  __device__ __forceinline__ WideWork(const Params& p, int nt8)
-      : mtiles((p.MB + 1) / 2), iters((i64)((p.MB + 1) / 2) * ((p.N + nt8 - 1) / nt8) * p.KB) {}
+  __device__ __forceinline__ WideWork(const Params& p, int nt8, int cw)
+      : mtiles((p.MB + cw - 1) / cw), iters((i64)((p.MB + cw - 1) / cw) * ((p.N + nt8 - 1) / nt8) * p.KB) {}
   __device__ __forceinline__ i64 start(int c) const { return (i64)c * iters / gridDim.x; }
   __device__ __forceinline__ int cta_of(i64 it) const { return (int)(((it + 1) * gridDim.x - 1) / iters); }
 };
@@ -615,7 +620,7 @@ struct Segment {
 // ends its CTA's range) usually comes last: it looks at the counter first and, if every other segment is
 // in, skips parking its own (the fix-up sat on every CTA's critical path: 5-11 us at 7168 rows).
 // Returns whether this CTA stores the tile.
-template <int NT>
+template <int NT, int CW>
 __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, float (&acc)[NT][4], int tile,
                                            i64 seg_begin, int n0, u32 flag) {
   constexpr int REGS = NT * 4;
@@ -623,15 +628,15 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
   const i64 t0 = (i64)tile * p.KB;
   const int first = W.cta_of(t0), last = W.cta_of(t0 + p.KB - 1);
   // This thread's first value in slot `slot` of CTA `cta`
-  auto parked = [&](int cta, int slot) { return p.partial + ((i64)cta * 2 + slot) * REGS * WIDE_CONSUMERS + tid; };
+  auto parked = [&](int cta, int slot) { return p.partial + ((i64)cta * 2 + slot) * REGS * WIDE_CONSUMERS(CW) + tid; };
   u32 arrived;
   // Whether all the other segments are in: the counter (after adding `add`) as thread 0 sees it, for all.
   // The first barrier keeps thread 0 from rewriting the flag before every warp has read its last value,
   // and orders this CTA's parked partial (written and fenced by every thread) before the count.
   auto others_in = [&](int add) {
-    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");  // consumers only: the producer may be gone
+    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS(CW)) : "memory");  // consumers only: the producer may be gone
     if (tid == 0) asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(flag), "r"(atomicAdd(p.counters + tile, add)) : "memory");
-    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS) : "memory");
+    asm volatile("bar.sync 1, %0;\n" :: "n"(WIDE_CONSUMERS(CW)) : "memory");
     asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(arrived) : "r"(flag) : "memory");
     return (int)arrived == last - first;
   };
@@ -642,7 +647,7 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
     for (int j = 0; j < NT; j++)
       if (n0 + j * 8 < p.N)
 #pragma unroll
-        for (int i = 0; i < 4; i++) mine[(j * 4 + i) * WIDE_CONSUMERS] = acc[j][i];
+        for (int i = 0; i < 4; i++) mine[(j * 4 + i) * WIDE_CONSUMERS(CW)] = acc[j][i];
     __threadfence();
     if (!others_in(1)) return false;
   }
@@ -655,7 +660,7 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
         if (j % 16 == 0) asm volatile("" ::: "memory");  // 64 loads in flight at most: no spills at NT = 32
         if (n0 + j * 8 < p.N)
 #pragma unroll
-          for (int i = 0; i < 4; i++) acc[j][i] += __ldcg(src + (j * 4 + i) * WIDE_CONSUMERS);
+          for (int i = 0; i < 4; i++) acc[j][i] += __ldcg(src + (j * 4 + i) * WIDE_CONSUMERS(CW));
       }
     }
     return true;
@@ -671,7 +676,7 @@ __device__ __forceinline__ bool wide_fixup(const Params& p, const WideWork& W, f
       for (int j = 0; j < 4; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++)
-          v[j][i] = cc == c || n0 + (q + j) * 8 >= p.N ? acc[q + j][i] : __ldcg(src + ((q + j) * 4 + i) * WIDE_CONSUMERS);
+          v[j][i] = cc == c || n0 + (q + j) * 8 >= p.N ? acc[q + j][i] : __ldcg(src + ((q + j) * 4 + i) * WIDE_CONSUMERS(CW));
 #pragma unroll
       for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -696,49 +701,51 @@ __device__ __forceinline__ void fence_accumulators(float (&acc)[NT][4]) {
     for (int i = 0; i < 4; i++) asm volatile("" : "+f"(acc[j][i]) :: "memory");
 }
 
-template <int FMT, int NT, int XSTAGES, bool BF16>
-__global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, const __grid_constant__ TmaMap xmap) {
+template <int FMT, int NT, int XSTAGES, bool BF16, int CW>
+__global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p, const __grid_constant__ TmaMap xmap) {
   static_assert(FMT != FMT_CSL && XSTAGES >= 3 && NT % 4 == 0, "the wide kernel decodes bitmap blocks, >= 3 X stages");
+  static_assert(CW == 2 || (CW == 3 && NT <= 8), "3 consumer groups leave registers for 64 tokens only");
   extern __shared__ __align__(16) u8 smem[];
-  const WideWork W(p, NT * 8);
+  const WideWork W(p, NT * 8, CW);
   const i64 begin = W.start(blockIdx.x), end = W.start(blockIdx.x + 1);
-  const WideSmem<NT, XSTAGES> S(smem_addr(smem), p);
+  const WideSmem<NT, XSTAGES, CW> S(smem_addr(smem), p);
   const u32 flag = S.end(p);
   i64* ptrs = (i64*)(smem + (flag + 16 - smem_addr(smem)));
   // Every segment's block offsets, back to back (dispatch sized the area for the longest range).
   for (i64 it = begin, off = 0; it < end;) {
     const Segment g(p, it, end);
-    load_block_ptrs<2, false, WIDE_THREADS>(ptrs + off, p, g.tile % W.mtiles, g.k0, g.nk);
-    off += 2 * (g.nk + 1);
+    load_block_ptrs<CW, false, WIDE_THREADS(CW)>(ptrs + off, p, g.tile % W.mtiles, g.k0, g.nk);
+    off += CW * (g.nk + 1);
     it += g.nk;
   }
   if (threadIdx.x == 0) {
     for (int s = 0; s < XSTAGES; s++) {
       mbar_init(S.xfull + 8 * s, 1);
-      mbar_init(S.xempty + 8 * s, WIDE_CONSUMERS / 32);
+      mbar_init(S.xempty + 8 * s, WIDE_CONSUMERS(CW) / 32);
     }
     for (int s = 0; s < p.w_stages; s++) {
       mbar_init(S.wfull + 8 * s, 1);
-      mbar_init(S.wempty + 8 * s, WIDE_CONSUMERS / 32);
+      mbar_init(S.wempty + 8 * s, WIDE_CONSUMERS(CW) / 32);
     }
     mbar_fence_init();
   }
   __syncthreads();
   RingPos x = {0, 0u}, w = {0, 0u};
-  // 384 threads leave ptxas 168 registers each; the producer group hands most of its share to the two
-  // consumer groups (40 + 2 x 232 <= 512 per thread slot), which need 128 for accumulators alone.
-  if (threadIdx.x >= WIDE_CONSUMERS) {
+  // 384 threads leave ptxas 168 registers each, 512 threads 128; the producer group hands most of its
+  // share to the consumer groups (40 + 2 x 232 or 40 + 3 x 152 <= 512 per thread slot), which need 128
+  // registers for the accumulators alone at 256 tokens.
+  if (threadIdx.x >= WIDE_CONSUMERS(CW)) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (threadIdx.x == WIDE_CONSUMERS)
+    if (threadIdx.x == WIDE_CONSUMERS(CW))
       for (i64 it = begin, off = 0; it < end;) {
         const Segment g(p, it, end);
-        wide_produce<NT, XSTAGES>(p, &xmap, S, ptrs + off, g.nk, g.k0, (g.tile / W.mtiles) * NT * 8, x, w);
-        off += 2 * (g.nk + 1);
+        wide_produce<NT, XSTAGES, CW>(p, &xmap, S, ptrs + off, g.nk, g.k0, (g.tile / W.mtiles) * NT * 8, x, w);
+        off += CW * (g.nk + 1);
         it += g.nk;
       }
     return;
   }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(CW == 2 ? 232 : 152) : "memory");
   // Each segment zeroes its accumulators (no wgmma is in flight then) and runs one loop of stage pairs.
   // Peeling the segment's first pair instead (a first wgmma with scale-d = 0, no zeroing) built the same
   // loop, but NVRTC 13.0 (CUDA 13.0) then scheduled the decode on one or two predicate registers, 1.7x the
@@ -756,14 +763,14 @@ __global__ void __launch_bounds__(WIDE_THREADS, 1) spmm_wide(const Params p, con
       for (int i = 0; i < 4; i++) acc[j][i] = 0.f;
     // Stages in pairs, even when nk is odd (see bitmap_wg_body): the extra stage is all zeros.
     for (int s = 0; s < g.nk; s += 2) {
-      wide_stage<FMT, NT, XSTAGES, BF16, 0>(p, S, scratch, x, w, acc, a, L, s > 0);
-      wide_stage<FMT, NT, XSTAGES, BF16, 1>(p, S, scratch, x, w, acc, a, L, true);
+      wide_stage<FMT, NT, XSTAGES, BF16, 0, CW>(p, S, scratch, x, w, acc, a, L, s > 0);
+      wide_stage<FMT, NT, XSTAGES, BF16, 1, CW>(p, S, scratch, x, w, acc, a, L, true);
     }
     wgmma_wait<0>();
     fence_accumulators<NT>(acc);
     if (lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));  // the segment's last X slot
-    if (g.nk == p.KB || wide_fixup<NT>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))
-      store_tile<NT, BF16>(p, acc, ((g.tile % W.mtiles) * 2 + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
+    if (g.nk == p.KB || wide_fixup<NT, CW>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))
+      store_tile<NT, BF16>(p, acc, ((g.tile % W.mtiles) * CW + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
                            (g.tile / W.mtiles) * NT * 8);
     it += g.nk;
   }
