@@ -29,9 +29,9 @@ for fmt in ("bitmap", "tiled_csl", "pairmap"):
                         cases += 1
             assert torch.equal(decompress_cuda(sw), w)  # as numbers: w * mask leaves -0.0 where compress stores +0
             cases += 1
-            if hopper and fmt != "tiled_csl":  # the wide kernel: its tiles and groups, a forced split, a 3-deep X ring, stream-K (ctas)
+            if hopper and fmt != "tiled_csl":  # the wide kernel: tiles, groups, split, a 3-deep X ring, stream-K
                 for n, kw in ((65, {"nt": 16}), (300, {"nt": 32, "split": 2}), (130, {"nt": 16, "stages": 3}),
-                              (300, {"ctas": 7}), (40, {"nt": 8}), (64, {"nt": 8, "ctas": 5}), (64, {"nt": 8, "groups": 2})):
+                              (300, {"ctas": 7}), (40, {"nt": 8}), (64, {"nt": 8, "groups": 3, "ctas": 5})):
                     dispatch.spmm_kernel(torch.randn(n, k, device="cuda").to(dtype), sw, bias, wide=1, **kw)
                     cases += 1
             if fmt == "pairmap":  # every tile config of its kernel (spw 1 is never the heuristic's)

@@ -28,8 +28,12 @@ DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu D
 DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
 MAX_KERNEL_N = 128  # above this (WIDE_MAX_N where use_wide) the weight is decompressed in chunks for cuBLAS
 # The wide kernel (csrc/spmm.cu spmm_wide): `spw` consumer warpgroups, one 64-row block each, and a producer
-# warpgroup.  Three at 64 tokens per CTA (fewer accumulators leave the registers for a third), else two.
-WIDE_GROUPS = {8: 3, 16: 2, 32: 2}
+# warpgroup.  Two, or three at 64 tokens per CTA (32 accumulators leave the registers for a third) on weights
+# of more than WIDE_GROUPS3_MIN_ROWS rows.  H100, 33-64 tokens (benchmarks/wide_probe.py 'groups=2'): a third
+# group is +0-40 % on 6 paper shapes from 12288 rows (27648x9216 pair bitmap 80 % N = 48: 1.39 -> 1.78x
+# cuBLAS; the decode's latency is spread over 3 warps per scheduler instead of 2), while on 7168x7168 the
+# 50 % bitmap lost 14 % (1.03 -> 0.89x: 38 tiles of 192 rows, one of them mostly padding, for 132 SMs).
+WIDE_GROUPS3_MIN_ROWS = 8192
 WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (8, 16, 32)  # 64, 128 or 256 tokens per CTA
 WIDE_STAGES = {8: 8, 16: 6, 32: 4}  # X ring depth: 64-128 KB of X tiles
@@ -266,7 +270,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     if nt not in WIDE_NT_CHOICES:
         raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
-    groups = groups or WIDE_GROUPS[nt]
+    groups = groups or (3 if nt == 8 and m > WIDE_GROUPS3_MIN_ROWS else 2)
     if groups not in (2, 3) or (groups == 3 and nt > 8):
         raise ValueError(f"the wide kernel takes 2 consumer groups, or 3 at nt = 8; got {groups} at nt = {nt}")
     tiles = -(-mb // groups) * -(-n // (8 * nt))
@@ -465,7 +469,8 @@ def all_variants() -> list[str]:
         for bf16 in (False, True):
             for nt in WIDE_NT_CHOICES:
                 for stages in sorted({3, WIDE_STAGES[nt]}):
-                    names.append(Config(WIDE_GROUPS[nt], nt, stages, 1, 1, 0, 0, True, wide=True).name(fmt, bf16))
+                    for groups in (2, 3) if nt == 8 else (2,):
+                        names.append(Config(groups, nt, stages, 1, 1, 0, 0, True, wide=True).name(fmt, bf16))
     return names + sell_variants() + ["splitk_reduce<false>", "splitk_reduce<true>", "decompress<0>", "decompress<1>", "decompress<2>"]
 
 

@@ -353,7 +353,7 @@ def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
 # The wide (prefill) kernel: sm_90a, bitmap and pair bitmap, 33-1024 tokens.
 WIDE = pytest.mark.skipif(not HOPPER, reason="the wide kernel needs sm_90a")
 WIDE_CONFIGS = [{}, {"nt": 16}, {"nt": 32, "split": 3}, {"nt": 16, "stages": 3}, {"ctas": 7}, {"nt": 16, "ctas": 5},
-                {"nt": 8, "ctas": 3}, {"nt": 8, "groups": 2}]
+                {"nt": 8, "groups": 3}, {"nt": 8, "groups": 3, "ctas": 3}]
 
 
 @WIDE
