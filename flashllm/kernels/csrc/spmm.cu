@@ -463,22 +463,21 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The wide kernel (prefill: 65 to ~1000 tokens; sm_90a, bitmap and pair bitmap).  Two warpgroups
-// multiply two 64-row blocks (128 rows) by NT*8 tokens (128 or 256): warpgroup g decodes block g into A
-// registers - the SpMM kernels' decode, warp w taking strip w % 4 - and issues wgmma m64nNk16 against
-// the stage's X tile, which the tensor cores read straight from shared memory.  The groups share that
-// tile, so X crosses L2 once per 128 rows, and the decode is paid once for all NT*8 tokens instead of
-// once per 64 (the SpMM kernels' grid.y chunks); decompress-then-cuBLAS also moves 2 + 2 bytes per
-// weight through HBM.
-// A third warpgroup is the producer: X tiles by TMA (a tensor map of X whose box is the tile and whose
+// The wide kernel (prefill and wide decode: 33 to ~1000 tokens; sm_90a, bitmap and pair bitmap).  CW
+// consumer warpgroups (2, or 3 at 64 tokens) multiply CW 64-row blocks by NT*8 tokens (64, 128 or 256):
+// warpgroup g decodes block g into A registers - the SpMM kernels' decode, warp w taking strip w % 4 - and
+// issues wgmma m64nNk16 against the stage's X tile, which the tensor cores read straight from shared
+// memory.  The groups share that tile, so X crosses L2 once per CW * 64 rows, and the decode is paid once
+// for all NT*8 tokens instead of once per 64 (the SpMM kernels' grid.y chunks); decompress-then-cuBLAS
+// also moves 2 + 2 bytes per weight through HBM.
+// A last warpgroup is the producer: X tiles by TMA (a tensor map of X whose box is the tile and whose
 // 128-byte swizzle is our layout; zeros past N and K), weight blocks by bulk copy, into two rings with
 // full / empty mbarriers.  So no CTA-wide barrier paces the stages and each warpgroup runs on its own.
 // Measured on an H100 (12288x12288, 50 %, benchmarks/wide_ablate.py): every thread copying its share
 // of X cost ~80 instructions per warp and stage; and a CTA barrier per stage, with the copies issued
 // by the consumers, left the stage loop latency-bound (decode, copies and wgmma added up, 0.58-0.75x).
-// Per stage, like bitmap_wg_body: two A register sets, wait_group 1.
-// CW consumer warpgroups, one 64-row block each per stage, and a producer warpgroup (one thread works; its
-// registers go to the consumers).
+// Per stage, like bitmap_wg_body: two A register sets, wait_group 1.  The producer warpgroup's one working
+// thread hands its registers to the consumers.
 #define WIDE_CONSUMERS(CW) ((CW) * 128)
 #define WIDE_THREADS(CW) ((CW) * 128 + 128)
 #if FLASHLLM_BULK  // Hopper only: bulk copies, TMA and wgmma
@@ -509,7 +508,7 @@ struct RingPos {
 };
 
 // The shared memory of the wide kernel: [X ring (1 KB aligned slots) | weight ring | per-warp scratch |
-// mbarriers: X full, X empty, weights full, weights empty | both blocks' offsets].
+// mbarriers: X full, X empty, weights full, weights empty | the CW blocks' offsets].
 template <int NT, int XSTAGES, int CW>
 struct WideSmem {
   static constexpr u32 X_BYTES = NT * 8 * X_ROW_BYTES;
@@ -749,7 +748,7 @@ __global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p,
   // Each segment zeroes its accumulators (no wgmma is in flight then) and runs one loop of stage pairs.
   // Peeling the segment's first pair instead (a first wgmma with scale-d = 0, no zeroing) built the same
   // loop, but NVRTC 13.0 (CUDA 13.0) then scheduled the decode on one or two predicate registers, 1.7x the
-  // static stall cycles: the stage loop ran ~18 % slower at 128 tokens (NOTES.md, "Stream-K").
+  // static stall cycles: the stage loop ran ~18 % slower at 128 tokens (NOTES.md, "Tenth session").
   float acc[NT][4];
   const BitmapLane L = bitmap_lane();
   const u32 scratch = S.scratch + (threadIdx.x >> 5) * 128;
