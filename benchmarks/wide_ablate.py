@@ -34,7 +34,7 @@ EDITS = {"base": [], "nox": X, "nodecode": DEC, "nomma": MMA, "nox+nodecode": X 
          "nox+nomma": X + MMA, "all": X + DEC + MMA, "nofixup": FIX, "nofence": FENCE, "onesegment": ONE,
          "noaccfence": NOACCFENCE, "onesegment+nofixup": ONE + FIX}
 if os.environ.get("OLD"):
-    EDITS["old"] = [("", "")]  # marker: the whole of spmm.cu comes from $OLD (its headers from this tree)
+    EDITS["old"] = None  # no edits: the whole of spmm.cu comes from $OLD (its headers from this tree)
 if os.environ.get("ABL"):
     EDITS = {label: EDITS[label] for label in os.environ["ABL"].split(",")}
 original = jit._source.__wrapped__
@@ -43,7 +43,7 @@ original = jit._source.__wrapped__
 def patched(edits):
     def source(program="spmm.cu"):
         s = original(program)
-        if edits == EDITS.get("old"):
+        if edits is None:
             s = open(os.environ["OLD"]).read()
             for header in ("common.cuh", "wgmma.cuh"):
                 s = s.replace(f'#include "{header}"', (jit.CSRC / header).read_text())
