@@ -205,8 +205,8 @@ def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
     return max(1, min(most, fits))
 
 
-def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
-    """Whether `n` tokens through an M-row weight go to the wide kernel (sm_90a, bitmap and pair bitmap).
+def use_wide(fmt: str, n: int, hopper: bool) -> bool:
+    """Whether `n` tokens go to the wide kernel (sm_90a, bitmap and pair bitmap), whatever the weight's shape.
 
     Measured on an H100 (benchmarks/wide_probe.py; NOTES.md "The wide kernel"), against what ran there
     before: 65-1024 tokens, the SpMM kernel in 64-token chunks or decompression + cuBLAS, both formats, every
@@ -216,7 +216,6 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     and 64 tokens, the bitmap (50 / 70 %) gains 5-50 % on the H100 (9216x36864 50 % N = 64: 0.92 -> 1.41x
     cuBLAS; 7168x7168 0.77 -> 1.00x), the pair bitmap (80 %) -3 to +20 % (28672x7168: 1.19 -> 1.36x).  At 32
     tokens and below the mma.sync kernels stay ahead (pair bitmap 80 % N = 32: 1.35-1.98 against 1.06-1.53x).
-    `m` is kept for callers: no rule depends on it now.
     """
     if not hopper or fmt not in WIDE_FORMATS:
         return False
@@ -393,7 +392,7 @@ def config_for(w: SparseWeight, n: int, **overrides):
     overrides = {key: v for key, v in overrides.items() if v is not None}
     wide = overrides.pop("wide", None)
     if wide is None:  # a forced split may go either way; other overrides name an mma.sync / wgmma config
-        wide = use_wide(w.format, w.shape[0], n, hopper) and set(overrides) <= {"split", "ctas"}
+        wide = use_wide(w.format, n, hopper) and set(overrides) <= {"split", "ctas"}
     if wide:
         if not hopper:
             raise ValueError("the wide kernel needs sm_90a (Hopper)")
@@ -438,7 +437,7 @@ def run(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> t
     """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
     cap = _device_props(x.device.index)[1]
     limit = MAX_SELL_N if w.format == "sell" else MAX_KERNEL_N
-    if use_wide(w.format, w.shape[0], x.shape[0], jit.arch_for(cap) == "sm_90a"):
+    if use_wide(w.format, x.shape[0], jit.arch_for(cap) == "sm_90a"):
         limit = WIDE_MAX_N
     if x.dtype != w.dtype or x.shape[0] > limit or cap < (8, 0):
         from .decompress import dense_matmul

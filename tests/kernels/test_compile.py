@@ -141,11 +141,11 @@ def test_wide_stream_k_grid():
 def test_wide_rule():
     """dispatch.use_wide: sm_90a only; 33-1024 tokens for both bitmap formats at any row count; never sliced
     ELL or Tiled-CSL."""
-    assert dispatch.use_wide("bitmap", 28672, 65, True) and dispatch.use_wide("pairmap", 7168, 1024, True)
-    assert not dispatch.use_wide("bitmap", 7168, 512, False) and not dispatch.use_wide("tiled_csl", 7168, 512, True)
-    assert not dispatch.use_wide("pairmap", 7168, 2048, True) and not dispatch.use_wide("bitmap", 7168, 32, True)
-    assert dispatch.use_wide("bitmap", 16384, 33, True) and dispatch.use_wide("bitmap", 49152, 64, True)
-    assert dispatch.use_wide("pairmap", 7168, 33, True) and not dispatch.use_wide("pairmap", 7168, 32, True)
+    assert dispatch.use_wide("bitmap", 65, True) and dispatch.use_wide("pairmap", 1024, True)
+    assert not dispatch.use_wide("bitmap", 512, False) and not dispatch.use_wide("tiled_csl", 512, True)
+    assert not dispatch.use_wide("pairmap", 2048, True) and not dispatch.use_wide("bitmap", 32, True)
+    assert dispatch.use_wide("bitmap", 33, True) and dispatch.use_wide("bitmap", 64, True)
+    assert dispatch.use_wide("pairmap", 33, True) and not dispatch.use_wide("pairmap", 32, True)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
