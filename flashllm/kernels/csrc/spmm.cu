@@ -505,6 +505,7 @@ struct RingPos {
       phase ^= 1u;
     }
   }
+  __device__ __forceinline__ int prev(int depth) const { return slot == 0 ? depth - 1 : slot - 1; }
 };
 
 // The shared memory of the wide kernel: [X ring (1 KB aligned slots) | weight ring | per-warp scratch |
@@ -587,7 +588,7 @@ __device__ __forceinline__ void wide_stage(const Params& p, const WideSmem<NT, X
   for (int f = 0; f < 4; f++) wgmma_rs<NT, BF16>(acc, a[SET][f], xdesc + 2 * f);
   wgmma_commit();
   wgmma_wait<1>();  // the previous stage's wgmmas are done: its A registers and X slot are free
-  if (after && lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));
+  if (after && lead) mbar_arrive(S.xempty + 8 * x.prev(XSTAGES));
   x.next(XSTAGES);
 }
 
@@ -767,7 +768,7 @@ __global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p,
     }
     wgmma_wait<0>();
     fence_accumulators<NT>(acc);
-    if (lead) mbar_arrive(S.xempty + 8 * (x.slot == 0 ? XSTAGES - 1 : x.slot - 1));  // the segment's last X slot
+    if (lead) mbar_arrive(S.xempty + 8 * x.prev(XSTAGES));  // the segment's last X slot
     if (g.nk == p.KB || wide_fixup<NT, CW>(p, W, acc, g.tile, it, (g.tile / W.mtiles) * NT * 8, flag))
       store_tile<NT, BF16>(p, acc, ((g.tile % W.mtiles) * CW + (threadIdx.x >> 7)) * BLOCK + ((threadIdx.x >> 5) & 3) * 16,
                            (g.tile / W.mtiles) * NT * 8);
