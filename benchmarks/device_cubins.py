@@ -1,35 +1,25 @@
-"""Device aid: the device NVRTC's cubins of kernel instantiations, optionally under wide_ablate.py's edits,
+"""Device aid: the device NVRTC's cubins of kernel instantiations, optionally under wide_edits.py's edits,
 written to $OUT for `cuobjdump -sass` here (the device's NVRTC may schedule differently from this machine's).
 
-usage: python benchmarks/device_cubins.py 'spmm_wide<0,16,6,false,2>' [EDIT ...]   (EDIT: a wide_ablate.py label)
+usage: python benchmarks/device_cubins.py 'spmm_wide<0,16,6,false,2>' [EDIT ...]   (EDIT: a wide_edits.py label)
 """
 import os
 import sys
 import tempfile
 
 from flashllm.kernels import jit
-
-
-def edits_by_label() -> dict:
-    ns = {}
-    path = os.path.join(os.path.dirname(__file__), "wide_ablate.py")
-    exec(open(path).read().split("original = jit")[0], ns)  # its EDITS table, without running it
-    return ns["EDITS"]
+from wide_edits import EDITS, edited  # benchmarks/ is the script's directory
 
 
 def main(name: str, labels: list[str]) -> None:
     out = os.environ.get("OUT", "/tmp/out")
     os.makedirs(out, exist_ok=True)
     os.environ["FLASHLLM_CACHE_DIR"] = tempfile.mkdtemp()  # compile afresh, whatever is cached
-    table, original = edits_by_label(), jit._source
+    original = jit._source
     print("NVRTC", jit.nvrtc_version())
     for label in labels or ["base"]:
-        def source(program="spmm.cu", edits=table[label]):
-            s = original(program)
-            for old, new in edits:
-                assert s.count(old) == 1, f"{label}: the edit no longer matches the source: {old!r}"
-                s = s.replace(old, new)
-            return s
+        def source(program="spmm.cu", label=label):
+            return edited(original(program), EDITS[label], label)
         jit._source = source
         cubin, _ = jit.compile_kernel(name, "sm_90a")
         path = os.path.join(out, f"{label}.cubin")
@@ -40,6 +30,4 @@ def main(name: str, labels: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    sys.argv = sys.argv[:1]  # wide_ablate.py's table reads sys.argv for its shapes
-    main(argv[0], argv[1:])
+    main(sys.argv[1], sys.argv[2:])

@@ -7,21 +7,12 @@ import pytest
 
 from flashllm.kernels import jit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from wide_edits import EDITS  # noqa: E402
 
 
-def wide_ablate_edits() -> dict:
-    ns: dict = {}
-    argv, sys.argv = sys.argv, ["wide_ablate.py"]
-    try:
-        exec(open(os.path.join(ROOT, "benchmarks", "wide_ablate.py")).read().split("original = jit")[0], ns)
-    finally:
-        sys.argv = argv
-    return ns["EDITS"]
-
-
-@pytest.mark.parametrize("label", sorted(wide_ablate_edits()))
+@pytest.mark.parametrize("label", sorted(EDITS))
 def test_wide_ablate_edit_matches_once(label):
     source = jit._source("spmm.cu")
-    for old, _ in wide_ablate_edits()[label]:
+    for old, _ in EDITS[label]:
         assert source.count(old) == 1, f"{label}: {old!r}"

@@ -127,15 +127,13 @@ def test_wide_stream_k_grid():
     assert dispatch.wide_ctas(224, 448, 132, 1024 * 28672 * 2) == 224  # X past L2: a tile each
     assert dispatch.wide_ctas(3, 2, 132) == 3  # too little work to share
     for tiles, kb, ctas in [(96, 192, 132), (3, 7, 5), (5, 3, 14), (7, 1, 3), (1, 9, 9), (4, 4, 16), (10, 6, 4)]:
-        seen, need = set(), {}
+        seen, offsets = set(), {}  # a CTA's block offsets per row block of its tiles
         for c, tile, k0, nk in stream_k_segments(tiles, kb, ctas):
             seen.update((tile, k) for k in range(k0, k0 + nk))
-            need[c] = need.get(c, 0) + 16 * (nk + 1)
-        assert len(seen) == tiles * kb and max(need.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas)
-        need3 = {}
-        for c, tile, k0, nk in stream_k_segments(tiles, kb, ctas):
-            need3[c] = need3.get(c, 0) + 24 * (nk + 1)  # three row blocks a tile
-        assert max(need3.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas, 3)
+            offsets[c] = offsets.get(c, 0) + nk + 1
+        assert len(seen) == tiles * kb
+        for groups in (2, 3):
+            assert 8 * groups * max(offsets.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas, groups)
 
 
 def test_wide_rule():
