@@ -31,7 +31,8 @@ for fmt in ("bitmap", "tiled_csl", "pairmap"):
             cases += 1
             if hopper and fmt != "tiled_csl":  # the wide kernel: tiles, groups, split, a 3-deep X ring, stream-K
                 for n, kw in ((65, {"nt": 16}), (300, {"nt": 32, "split": 2}), (130, {"nt": 16, "stages": 3}),
-                              (300, {"ctas": 7}), (40, {"nt": 8}), (64, {"nt": 8, "groups": 3, "ctas": 5})):
+                              (300, {"ctas": 7}), (40, {"nt": 8}), (64, {"nt": 8, "groups": 3, "ctas": 5}),
+                              (17, {"nt": 4, "groups": 3}), (70, {"nt": 4, "groups": 4, "ctas": 6})):
                     dispatch.spmm_kernel(torch.randn(n, k, device="cuda").to(dtype), sw, bias, wide=1, **kw)
                     cases += 1
             if fmt == "pairmap":  # every tile config of its kernel (spw 1 is never the heuristic's)

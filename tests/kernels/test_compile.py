@@ -132,18 +132,20 @@ def test_wide_stream_k_grid():
             seen.update((tile, k) for k in range(k0, k0 + nk))
             offsets[c] = offsets.get(c, 0) + nk + 1
         assert len(seen) == tiles * kb
-        for groups in (2, 3):
+        for groups in (2, 3, 4):
             assert 8 * groups * max(offsets.values()) <= dispatch.wide_ptr_bytes(tiles, kb, ctas, groups)
 
 
 def test_wide_rule():
-    """dispatch.use_wide: sm_90a only; 33-1024 tokens for both bitmap formats at any row count; never sliced
-    ELL or Tiled-CSL."""
-    assert dispatch.use_wide("bitmap", 65, True) and dispatch.use_wide("pairmap", 1024, True)
-    assert not dispatch.use_wide("bitmap", 512, False) and not dispatch.use_wide("tiled_csl", 512, True)
-    assert not dispatch.use_wide("pairmap", 2048, True) and not dispatch.use_wide("bitmap", 32, True)
-    assert dispatch.use_wide("bitmap", 33, True) and dispatch.use_wide("bitmap", 64, True)
-    assert dispatch.use_wide("pairmap", 33, True) and not dispatch.use_wide("pairmap", 32, True)
+    """dispatch.use_wide: sm_90a only; 33-1024 tokens for both bitmap formats at any row count, from 17 on
+    more than 8192 rows; never sliced ELL or Tiled-CSL."""
+    for m in (7168, 8192, 8193, 49152):
+        assert dispatch.use_wide("bitmap", m, 65, True) and dispatch.use_wide("pairmap", m, 1024, True)
+        assert not dispatch.use_wide("bitmap", m, 512, False) and not dispatch.use_wide("tiled_csl", m, 512, True)
+        assert not dispatch.use_wide("pairmap", m, 2048, True) and not dispatch.use_wide("bitmap", m, 16, True)
+        assert dispatch.use_wide("bitmap", m, 33, True) and dispatch.use_wide("pairmap", m, 64, True)
+        for fmt in ("bitmap", "pairmap"):
+            assert dispatch.use_wide(fmt, m, 17, True) == dispatch.use_wide(fmt, m, 32, True) == (m > 8192)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
@@ -161,8 +163,15 @@ def test_config_for_routes_to_the_wide_kernel(monkeypatch, capability):
     assert dispatch.config_for(small, 64).wide == hopper and dispatch.config_for(big, 300).wide == hopper
     assert dispatch.config_for(big, 64).wide == hopper and not dispatch.config_for(small, 32).wide
     assert not dispatch.config_for(pairs, 32).wide and dispatch.config_for(pairs, 33).wide == hopper
+    assert dispatch.config_for(big, 17).wide == hopper and not dispatch.config_for(big, 16).wide
     if hopper:  # a wgmma no wider than the tokens
-        assert [dispatch.config_for(small, n).nt for n in (33, 64, 65, 128, 129)] == [8, 8, 16, 16, 32]
+        assert [dispatch.config_for(big, n).nt for n in (17, 32, 33, 64, 65, 128, 129)] == [4, 4, 8, 8, 16, 16, 32]
+        assert [dispatch.config_for(big, n).spw for n in (32, 64, 128)] == [3, 3, 2]
+        assert [dispatch.config_for(small, n).spw for n in (64, 128)] == [2, 2]
+        big_pairs = flashllm.compress(torch.randn(21504, 576, generator=gen).half(), "pairmap")
+        assert [dispatch.config_for(big_pairs, n).spw for n in (32, 64)] == [4, 3]
+        with pytest.raises(ValueError, match="consumer groups"):
+            dispatch.config_for(big, 64, wide=1, groups=4)
     assert dispatch.config_for(small, 300, split=3, stages=None).wide == hopper  # None: not an override
     assert not dispatch.config_for(small, 300, spw=1).wide and not dispatch.config_for(small, 64, wg=False).wide
     if hopper:

@@ -350,10 +350,11 @@ def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
     assert rel_err(y, x.float() @ w.float().T) < 2e-3
 
 
-# The wide (prefill) kernel: sm_90a, bitmap and pair bitmap, 33-1024 tokens.
+# The wide (prefill) kernel: sm_90a, bitmap and pair bitmap, 17-1024 tokens.
 WIDE = pytest.mark.skipif(not HOPPER, reason="the wide kernel needs sm_90a")
 WIDE_CONFIGS = [{}, {"nt": 16}, {"nt": 32, "split": 3}, {"nt": 16, "stages": 3}, {"ctas": 7}, {"nt": 16, "ctas": 5},
-                {"nt": 8, "groups": 3}, {"nt": 8, "groups": 3, "ctas": 3}]
+                {"nt": 8, "groups": 3}, {"nt": 8, "groups": 3, "ctas": 3}, {"nt": 4, "groups": 3},
+                {"nt": 4, "groups": 4}, {"nt": 4, "groups": 4, "ctas": 5}]
 
 
 @WIDE
@@ -367,7 +368,7 @@ def test_wide_kernel(fmt, dtype, sparsity):
         w = pruned(m, k, sparsity, dtype, gen)
         sw = flashllm.compress(w, fmt)
         ref_w = w.float()
-        for n in (33, 64, 65, 128, 129, 300, 1024):
+        for n in (17, 32, 33, 64, 65, 128, 129, 300, 1024):
             x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
             ref = x.float() @ ref_w.T
             for cfg in WIDE_CONFIGS:

@@ -704,7 +704,7 @@ __device__ __forceinline__ void fence_accumulators(float (&acc)[NT][4]) {
 template <int FMT, int NT, int XSTAGES, bool BF16, int CW>
 __global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p, const __grid_constant__ TmaMap xmap) {
   static_assert(FMT != FMT_CSL && XSTAGES >= 3 && NT % 4 == 0, "the wide kernel decodes bitmap blocks, >= 3 X stages");
-  static_assert(CW == 2 || (CW == 3 && NT <= 8), "3 consumer groups leave registers for 64 tokens only");
+  static_assert(CW == 2 || (CW == 3 && NT <= 8) || (CW == 4 && NT <= 4), "a third group fits at 64 tokens, a fourth at 32");
   extern __shared__ __align__(16) u8 smem[];
   const WideWork W(p, NT * 8, CW);
   const i64 begin = W.start(blockIdx.x), end = W.start(blockIdx.x + 1);
@@ -731,11 +731,16 @@ __global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p,
   }
   __syncthreads();
   RingPos x = {0, 0u}, w = {0, 0u};
-  // 384 threads leave ptxas 168 registers each, 512 threads 128; the producer group hands most of its
-  // share to the consumer groups (40 + 2 x 232 or 40 + 3 x 152 <= 512 per thread slot), which need 128
-  // registers for the accumulators alone at 256 tokens.
+  // 384 threads leave ptxas 168 registers each, 512 threads 128, 640 threads 96; the producer group hands
+  // most of its share to the consumer groups, which need 128 registers for the accumulators alone at 256
+  // tokens.  setmaxnreg.inc waits until the CTA has the registers to give, so a split the producer's release
+  // does not cover hangs the kernel (it did, at 4 groups with 120): hence the check.
+  constexpr int LAUNCH_REGS = 65536 / WIDE_THREADS(CW) / 8 * 8, PRODUCER_REGS = CW == 4 ? 24 : 40;
+  constexpr int CONSUMER_REGS = CW == 2 ? 232 : CW == 3 ? 152 : 112;
+  static_assert((LAUNCH_REGS - PRODUCER_REGS) * 128 >= (CONSUMER_REGS - LAUNCH_REGS) * WIDE_CONSUMERS(CW),
+                "setmaxnreg: the consumers would ask for more registers than the producer frees");
   if (threadIdx.x >= WIDE_CONSUMERS(CW)) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(PRODUCER_REGS) : "memory");
     if (threadIdx.x == WIDE_CONSUMERS(CW))
       for (i64 it = begin, off = 0; it < end;) {
         const Segment g(p, it, end);
@@ -745,7 +750,7 @@ __global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p,
       }
     return;
   }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(CW == 2 ? 232 : 152) : "memory");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(CONSUMER_REGS) : "memory");
   // Each segment zeroes its accumulators (no wgmma is in flight then) and runs one loop of stage pairs.
   // Peeling the segment's first pair instead (a first wgmma with scale-d = 0, no zeroing) built the same
   // loop, but NVRTC 13.0 (CUDA 13.0) then scheduled the decode on one or two predicate registers, 1.7x the
