@@ -28,13 +28,15 @@ DECOMPRESS_KPER = 8  # K-blocks a decompress CTA expands in turn (csrc/spmm.cu D
 DECOMPRESS_STAGES = 3  # its cp.async ring (csrc/spmm.cu DECOMPRESS_STAGES)
 MAX_KERNEL_N = 128  # above this (WIDE_MAX_N where use_wide) the weight is decompressed in chunks for cuBLAS
 # The wide kernel (csrc/spmm.cu spmm_wide): `spw` consumer warpgroups, one 64-row block each, and a producer
-# warpgroup.  Two; three at 64 tokens per CTA (32 accumulators leave the registers for a third) on weights
-# of more than WIDE_GROUPS3_MIN_ROWS rows.  H100, 33-64 tokens (benchmarks/wide_probe.py 'groups=2'): a third
-# group is +0-40 % on 6 paper shapes from 12288 rows (27648x9216 pair bitmap 80 % N = 48: 1.39 -> 1.78x
-# cuBLAS; the decode's latency is spread over 3 warps per scheduler instead of 2), while on 7168x7168 the
-# 50 % bitmap lost 14 % (1.03 -> 0.89x: 38 tiles of 192 rows, one of them mostly padding, for 132 SMs).
-# At 32 tokens per CTA (16 accumulators) three for the bitmap, four for the pair bitmap (choose_wide_config).
-WIDE_GROUPS3_MIN_ROWS = 8192
+# warpgroup.  Two; three at 64 tokens per CTA (32 accumulators leave the registers for a third) and three or
+# four at 32 tokens (16 accumulators), on weights deep enough in K-block iterations per SM (wide_is_deep).
+# More groups spread the decode's latency over more warps per scheduler, but make fewer, larger tiles, whose
+# stream-K fix-up and pipeline fill only pay on enough iterations a CTA.  H100 (benchmarks/wide_probe.py,
+# 14 paper and Llama shapes, 20-64 tokens): with 3-group tiles holding >= WIDE_DEEP_ITERS iterations per SM
+# a third group won up to 40 % (27648x9216 pair bitmap 80 % N = 48: 1.39 -> 1.78x cuBLAS; 7168x28672 N = 64:
+# 1.39 -> 1.66x); below it, it lost up to 18 % (11008x4096 bitmap 50 % N = 64: 1.00 -> 0.82x; 7168x7168
+# 1.03 -> 0.89x), and so did the 32-token tiles against the mma.sync kernels at 17-32 tokens.
+WIDE_DEEP_ITERS = 48
 WIDE_FORMATS = ("bitmap", "pairmap")
 WIDE_NT_CHOICES = (4, 8, 16, 32)  # 32, 64, 128 or 256 tokens per CTA
 # Consumer groups per tile width: four get 112 registers each, enough beside 16 accumulators a thread; with
@@ -43,7 +45,7 @@ WIDE_GROUPS = {4: (3, 4), 8: (2, 3), 16: (2,), 32: (2,)}
 WIDE_STAGES = {4: 8, 8: 8, 16: 6, 32: 4}  # X ring depth: 32-128 KB of X tiles
 WIDE_MAX_W_STAGES = 12  # weight ring depth, as far as shared memory allows (>= 3)
 WIDE_MIN_N, WIDE_MAX_N = 33, 1024  # token counts the wide kernel takes on sm_90a (see use_wide)
-WIDE_SMALL_MIN_N = 17  # from here on weights of more than WIDE_GROUPS3_MIN_ROWS rows
+WIDE_DEEP_MIN_N = 17  # from here on weights that wide_is_deep
 
 
 class Params(ctypes.Structure):
@@ -210,8 +212,14 @@ def wave_split(ctas: int, kb: int, nt: int, sms: int) -> int:
     return max(1, min(most, fits))
 
 
-def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
-    """Whether `n` tokens x `m` rows go to the wide kernel (sm_90a, bitmap and pair bitmap).
+def wide_is_deep(m: int, k: int, sms: int) -> bool:
+    """Whether tiles of three 64-row blocks give each SM >= WIDE_DEEP_ITERS K-block iterations."""
+    mb, kb = block_grid((m, k))
+    return -(-mb // 3) * kb >= WIDE_DEEP_ITERS * sms
+
+
+def use_wide(fmt: str, m: int, k: int, n: int, sms: int, hopper: bool) -> bool:
+    """Whether `n` tokens x an m x k weight go to the wide kernel (sm_90a, bitmap and pair bitmap).
 
     Measured on an H100 (benchmarks/wide_probe.py; NOTES.md "The wide kernel"), against what ran there
     before: 65-1024 tokens, the SpMM kernel in 64-token chunks or decompression + cuBLAS, both formats, every
@@ -220,14 +228,16 @@ def use_wide(fmt: str, m: int, n: int, hopper: bool) -> bool:
     kernel's stage loop was rebuilt, with 64-token tiles): against the mma.sync kernels on 6 paper shapes at 48
     and 64 tokens, the bitmap (50 / 70 %) gains 5-50 % on the H100 (9216x36864 50 % N = 64: 0.92 -> 1.41x
     cuBLAS; 7168x7168 0.77 -> 1.00x), the pair bitmap (80 %) -3 to +20 % (28672x7168: 1.19 -> 1.36x).
-    17-32 tokens on more than 8192 rows (eleventh session: 32-token tiles with three or four consumer groups):
-    H100, 6 paper shapes at N = 32, bitmap 50 / 70 % +1-24 % (9216x36864 50 %: 1.38 -> 1.63x), pair bitmap
-    80 % -5 to +19 % (9216x36864: 1.81 -> 2.15x; 9216x9216 1.72 -> 1.64x); on 7168x7168 the mma.sync kernels
-    stay ahead (bitmap 50 % 1.08 against 0.94x), and at 16 tokens and below everywhere.
+    17-32 tokens where wide_is_deep (eleventh session: 32-token tiles with three or four consumer groups):
+    H100, 14 shapes at 20 and 32 tokens, bitmap 50 / 70 % up to +24 % (9216x36864 50 %: 1.38 -> 1.63x;
+    7168x28672 70 %: 1.41 -> 1.73x), pair bitmap 80 % up to +19 % (9216x36864: 1.81 -> 2.15x), a few
+    points -5 % (9216x9216 pair bitmap 1.72 -> 1.64x); on shallower weights the mma.sync kernels stay
+    ahead (7168x7168 bitmap 50 %: 1.08 against 0.94x; 11008x4096 pair bitmap 1.41 against 1.28x), and at 16
+    tokens and below everywhere.
     """
     if not hopper or fmt not in WIDE_FORMATS:
         return False
-    low = WIDE_SMALL_MIN_N if m > WIDE_GROUPS3_MIN_ROWS else WIDE_MIN_N
+    low = WIDE_DEEP_MIN_N if wide_is_deep(m, k, sms) else WIDE_MIN_N
     return low <= n <= WIDE_MAX_N
 
 
@@ -271,7 +281,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     """The wide kernel's config: 32 tokens per CTA up to 32, 64 up to 64, 128 up to 128, else 256 (a wgmma no
     wider than the tokens: at 64 tokens m64n64 against m64n128 took the kernel 1.17 -> 1.29x cuBLAS on
     12288x12288, H100); a stream-K grid (wide_ctas), or `split` CTAs per tile (split-K), or `ctas` CTAs.
-    Consumer groups: see WIDE_GROUPS3_MIN_ROWS; at 32 tokens three for the bitmap, four for the pair bitmap,
+    Consumer groups: see WIDE_DEEP_ITERS; at 32 tokens three for the bitmap, four for the pair bitmap,
     whose cheaper decode gained from a fourth (H100, N = 32, 80 %: 2.04 -> 2.15x on 9216x36864, 1.75 -> 1.84x
     on 28672x7168) where the bitmap's lost 0-10 %."""
     if fmt not in WIDE_FORMATS:
@@ -283,7 +293,7 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
     if nt == 4:
         groups = groups or (4 if fmt == "pairmap" else 3)
-    groups = groups or (3 if nt == 8 and m > WIDE_GROUPS3_MIN_ROWS else 2)
+    groups = groups or (3 if nt == 8 and wide_is_deep(m, k, sms) else 2)
     if groups not in WIDE_GROUPS[nt]:
         raise ValueError(f"the wide kernel takes {WIDE_GROUPS[nt]} consumer groups at nt = {nt}, got {groups}")
     tiles = -(-mb // groups) * -(-n // (8 * nt))
@@ -406,7 +416,7 @@ def config_for(w: SparseWeight, n: int, **overrides):
     overrides = {key: v for key, v in overrides.items() if v is not None}
     wide = overrides.pop("wide", None)
     if wide is None:  # a forced split may go either way; other overrides name an mma.sync / wgmma config
-        wide = use_wide(w.format, w.shape[0], n, hopper) and set(overrides) <= {"split", "ctas"}
+        wide = use_wide(w.format, *w.shape, n, sms, hopper) and set(overrides) <= {"split", "ctas"}
     if wide:
         if not hopper:
             raise ValueError("the wide kernel needs sm_90a (Hopper)")
@@ -449,9 +459,9 @@ def spmm_cuda(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None
 
 def run(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The custom op's body: our kernel where it wins, decompress + cuBLAS where it cannot."""
-    cap = _device_props(x.device.index)[1]
+    sms, cap = _device_props(x.device.index)
     limit = MAX_SELL_N if w.format == "sell" else MAX_KERNEL_N
-    if use_wide(w.format, w.shape[0], x.shape[0], jit.arch_for(cap) == "sm_90a"):
+    if use_wide(w.format, *w.shape, x.shape[0], sms, jit.arch_for(cap) == "sm_90a"):
         limit = WIDE_MAX_N
     if x.dtype != w.dtype or x.shape[0] > limit or cap < (8, 0):
         from .decompress import dense_matmul

@@ -137,15 +137,21 @@ def test_wide_stream_k_grid():
 
 
 def test_wide_rule():
-    """dispatch.use_wide: sm_90a only; 33-1024 tokens for both bitmap formats at any row count, from 17 on
-    more than 8192 rows; never sliced ELL or Tiled-CSL."""
-    for m in (7168, 8192, 8193, 49152):
-        assert dispatch.use_wide("bitmap", m, 65, True) and dispatch.use_wide("pairmap", m, 1024, True)
-        assert not dispatch.use_wide("bitmap", m, 512, False) and not dispatch.use_wide("tiled_csl", m, 512, True)
-        assert not dispatch.use_wide("pairmap", m, 2048, True) and not dispatch.use_wide("bitmap", m, 16, True)
-        assert dispatch.use_wide("bitmap", m, 33, True) and dispatch.use_wide("pairmap", m, 64, True)
+    """dispatch.use_wide: sm_90a only; 33-1024 tokens for both bitmap formats on any weight, from 17 on weights
+    deep in K-block iterations per SM (3-row-block tiles x K blocks >= 48 per SM); never sliced ELL or
+    Tiled-CSL."""
+    deep = [(12288, 12288), (7168, 28672), (9216, 9216), (21504, 7168)]
+    shallow = [(7168, 7168), (8192, 8192), (11008, 4096), (4096, 11008), (4096, 4096)]
+    assert all(dispatch.wide_is_deep(m, k, 132) for m, k in deep)
+    assert not any(dispatch.wide_is_deep(m, k, 132) for m, k in shallow)
+    assert dispatch.wide_is_deep(7168, 7168, 66)  # half the SMs: twice the iterations each
+    for m, k in deep + shallow:
+        wide = lambda fmt, n, hopper=True: dispatch.use_wide(fmt, m, k, n, 132, hopper)  # noqa: E731
+        assert wide("bitmap", 65) and wide("pairmap", 1024) and wide("bitmap", 33) and wide("pairmap", 64)
+        assert not wide("bitmap", 512, False) and not wide("tiled_csl", 512) and not wide("sell", 64)
+        assert not wide("pairmap", 2048) and not wide("bitmap", 16)
         for fmt in ("bitmap", "pairmap"):
-            assert dispatch.use_wide(fmt, m, 17, True) == dispatch.use_wide(fmt, m, 32, True) == (m > 8192)
+            assert wide(fmt, 17) == wide(fmt, 32) == ((m, k) in deep)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
@@ -163,15 +169,20 @@ def test_config_for_routes_to_the_wide_kernel(monkeypatch, capability):
     assert dispatch.config_for(small, 64).wide == hopper and dispatch.config_for(big, 300).wide == hopper
     assert dispatch.config_for(big, 64).wide == hopper and not dispatch.config_for(small, 32).wide
     assert not dispatch.config_for(pairs, 32).wide and dispatch.config_for(pairs, 33).wide == hopper
-    assert dispatch.config_for(big, 17).wide == hopper and not dispatch.config_for(big, 16).wide
+    assert not dispatch.config_for(big, 17).wide  # 112 tiles x 9 K blocks: too shallow for 132 SMs
     if hopper:  # a wgmma no wider than the tokens
-        assert [dispatch.config_for(big, n).nt for n in (17, 32, 33, 64, 65, 128, 129)] == [4, 4, 8, 8, 16, 16, 32]
-        assert [dispatch.config_for(big, n).spw for n in (32, 64, 128)] == [3, 3, 2]
+        assert [dispatch.config_for(small, n).nt for n in (33, 64, 65, 128, 129)] == [8, 8, 16, 16, 32]
         assert [dispatch.config_for(small, n).spw for n in (64, 128)] == [2, 2]
-        big_pairs = flashllm.compress(torch.randn(21504, 576, generator=gen).half(), "pairmap")
-        assert [dispatch.config_for(big_pairs, n).spw for n in (32, 64)] == [4, 3]
         with pytest.raises(ValueError, match="consumer groups"):
             dispatch.config_for(big, 64, wide=1, groups=4)
+    # on 16 SMs the same weights are deep: 17-32 tokens go wide, in 32-token tiles of 3 or 4 groups
+    monkeypatch.setattr(dispatch, "_device_props", lambda index: (16, capability))
+    assert dispatch.config_for(big, 17).wide == hopper and not dispatch.config_for(big, 16).wide
+    if hopper:
+        assert [dispatch.config_for(big, n).nt for n in (17, 32, 33, 64)] == [4, 4, 8, 8]
+        assert [dispatch.config_for(big, n).spw for n in (32, 64, 128)] == [3, 3, 2]
+        big_pairs = flashllm.compress(torch.randn(21504, 576, generator=gen).half(), "pairmap")
+        assert [dispatch.config_for(big_pairs, n).spw for n in (32, 64)] == [4, 3]
     assert dispatch.config_for(small, 300, split=3, stages=None).wide == hopper  # None: not an override
     assert not dispatch.config_for(small, 300, spw=1).wide and not dispatch.config_for(small, 64, wg=False).wide
     if hopper:
