@@ -33,8 +33,8 @@ MAX_KERNEL_N = 128  # above this (WIDE_MAX_N where use_wide) the weight is decom
 # More groups spread the decode's latency over more warps per scheduler, but make fewer, larger tiles, whose
 # stream-K fix-up and pipeline fill only pay on enough iterations a CTA.  H100 (benchmarks/wide_probe.py,
 # 14 paper and Llama shapes, 20-64 tokens): with 3-group tiles holding >= WIDE_DEEP_ITERS iterations per SM
-# a third group won up to 40 % (27648x9216 pair bitmap 80 % N = 48: 1.39 -> 1.78x cuBLAS; 7168x28672 N = 64:
-# 1.39 -> 1.66x); below it, it lost up to 18 % (11008x4096 bitmap 50 % N = 64: 1.00 -> 0.82x; 7168x7168
+# a third group won up to 40 % (27648x9216 pair bitmap 80 % N = 48: 1.39 -> 1.78x cuBLAS; 7168x28672 pair
+# bitmap N = 64: 1.39 -> 1.66x); below it, it lost up to 18 % (11008x4096 bitmap 50 % N = 64: 1.00 -> 0.82x; 7168x7168
 # 1.03 -> 0.89x), and so did the 32-token tiles against the mma.sync kernels at 17-32 tokens.
 WIDE_DEEP_ITERS = 48
 WIDE_FORMATS = ("bitmap", "pairmap")
@@ -68,7 +68,7 @@ class Config:
     smem: int
     wg: bool = False  # Hopper wgmma (sm_90a) instead of mma.sync
     cluster: bool = False  # split-K summed in a cluster's distributed shared memory (sm_90a), no reduce kernel
-    wide: bool = False  # the wide kernel: spw consumer warpgroups (64-row blocks) + a producer, 64-256 tokens
+    wide: bool = False  # the wide kernel: spw consumer warpgroups (64-row blocks) + a producer, 32-256 tokens
     w_stages: int = 0   # the wide kernel's weight ring (its X ring is `stages` deep)
     ctas: int = 0       # the wide kernel's grid: CTAs sharing its (tile, K block) iterations (stream-K)
 

@@ -463,8 +463,8 @@ __device__ __forceinline__ void bitmap_wg_body(const Params& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The wide kernel (prefill and wide decode: 33 to ~1000 tokens; sm_90a, bitmap and pair bitmap).  CW
-// consumer warpgroups (2, or 3 at 64 tokens) multiply CW 64-row blocks by NT*8 tokens (64, 128 or 256):
+// The wide kernel (prefill and wide decode: 17 to ~1000 tokens; sm_90a, bitmap and pair bitmap).  CW
+// consumer warpgroups (2; 3 at 64 tokens; 3 or 4 at 32) multiply CW 64-row blocks by NT*8 tokens (32-256):
 // warpgroup g decodes block g into A registers - the SpMM kernels' decode, warp w taking strip w % 4 - and
 // issues wgmma m64nNk16 against the stage's X tile, which the tensor cores read straight from shared
 // memory.  The groups share that tile, so X crosses L2 once per CW * 64 rows, and the decode is paid once
