@@ -46,9 +46,8 @@ def wrapper(src: str, nt: int) -> str:
     d = ",".join(f"%{i}" for i in range(nd))
     outs = ", ".join(f'"+f"(c[{i}][{j}])' for i in range(nt) for j in range(4))
     if src == "rs":  # A: this warp's fragment registers; B: descriptor
-        # scale-d from the template: 0 on a tile's first wgmma, which then needs no zeroed accumulators
-        ops, tail = f"{{%{nd},%{nd + 1},%{nd + 2},%{nd + 3}}}, %{nd + 4}", f"%{nd + 5}, 1, 1, 0"
-        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(SCALE_D)'
+        ops, tail = f"{{%{nd},%{nd + 1},%{nd + 2},%{nd + 3}}}, %{nd + 4}", "1, 1, 1, 0"
+        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b)'
         sig = "const u32 (&a)[4], unsigned long long desc_b"
     else:  # both from shared memory
         ops, tail = f"%{nd}, %{nd + 1}", "1, 1, 1, 0, 0"
@@ -62,8 +61,7 @@ def wrapper(src: str, nt: int) -> str:
         "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{d}}}, {ops}, {tail};\\n"
         : {outs}
         : {ins}))''')
-    tparams = "bool BF16, int SCALE_D" if src == "rs" else "bool BF16"
-    return f'''template <{tparams}>
+    return f'''template <bool BF16>
 __device__ __forceinline__ void wgmma_{src}_n{n}(float (&c)[{nt}][4], {sig}) {{
   if (BF16)
     {body[0]};
@@ -81,16 +79,14 @@ def dispatcher(src: str) -> str:
     sig = "const u32 (&a)[4], unsigned long long desc_b" if src == "rs" else \
         "unsigned long long desc_a, unsigned long long desc_b"
     args = "a, desc_b" if src == "rs" else "desc_a, desc_b"
-    targs = "BF16, SCALE_D" if src == "rs" else "BF16"
-    wide = "".join(f"\n  else if constexpr (NT == {nt}) wgmma_{src}_n{8 * nt}<{targs}>(c, {args});"
+    wide = "".join(f"\n  else if constexpr (NT == {nt}) wgmma_{src}_n{8 * nt}<BF16>(c, {args});"
                    for nt in (RS_NTS if src == "rs" else SS_NTS) if nt > 8)
-    tparams = "int NT, bool BF16, int SCALE_D = 1" if src == "rs" else "int NT, bool BF16"
-    return f'''template <{tparams}>
+    return f'''template <int NT, bool BF16>
 __device__ __forceinline__ void wgmma_{src}(float (&c)[NT][4], {sig}) {{
-  if constexpr (NT == 1) wgmma_{src}_n8<{targs}>(c, {args});
-  else if constexpr (NT == 2) wgmma_{src}_n16<{targs}>(c, {args});
-  else if constexpr (NT == 4) wgmma_{src}_n32<{targs}>(c, {args});
-  else if constexpr (NT == 8) wgmma_{src}_n64<{targs}>(c, {args});{wide}
+  if constexpr (NT == 1) wgmma_{src}_n8<BF16>(c, {args});
+  else if constexpr (NT == 2) wgmma_{src}_n16<BF16>(c, {args});
+  else if constexpr (NT == 4) wgmma_{src}_n32<BF16>(c, {args});
+  else if constexpr (NT == 8) wgmma_{src}_n64<BF16>(c, {args});{wide}
 }}
 '''
 
