@@ -265,7 +265,7 @@ def wide_ctas(tiles: int, kb: int, sms: int, x_bytes: int = 0) -> int:
     return shared if shared > tiles else tiles  # else too little work to share
 
 
-def wide_ptr_bytes(tiles: int, kb: int, ctas: int, groups: int = 2) -> int:
+def wide_ptr_bytes(tiles: int, kb: int, ctas: int, groups: int) -> int:
     """Shared memory for the block offsets of a CTA's segments: its range's blocks plus one per segment, for
     each of the `groups` row blocks of a tile (a range of `per` iterations meets at most (per + kb - 2) // kb
     + 1 tiles)."""
@@ -291,9 +291,8 @@ def choose_wide_config(fmt: str, m: int, k: int, n: int, max_block_bytes: int, s
     if nt not in WIDE_NT_CHOICES:
         raise ValueError(f"the wide kernel takes nt in {WIDE_NT_CHOICES}, got {nt}")
     stage_w = -(-max_block_bytes // 16) * 16 + 16  # +16: the decoder may peek 2 bytes past a stream
-    if nt == 4:
-        groups = groups or (4 if fmt == "pairmap" else 3)
-    groups = groups or (3 if nt == 8 and wide_is_deep(m, k, sms) else 2)
+    if not groups:
+        groups = (4 if fmt == "pairmap" else 3) if nt == 4 else 3 if nt == 8 and wide_is_deep(m, k, sms) else 2
     if groups not in WIDE_GROUPS[nt]:
         raise ValueError(f"the wide kernel takes {WIDE_GROUPS[nt]} consumer groups at nt = {nt}, got {groups}")
     tiles = -(-mb // groups) * -(-n // (8 * nt))

@@ -88,18 +88,23 @@ def test_pairmap_at_64_tokens_keeps_one_wave():
 
 
 def test_wide_config_is_valid_and_compiled():
-    """The wide kernel's config: every K slice keeps a block (its first wgmma overwrites the accumulators), the
-    rings fit shared memory for blocks up to fully dense, and the kernel it names is one CI compiles."""
+    """The wide kernel's config: every K slice keeps a block, the rings fit shared memory for blocks up to fully
+    dense, the consumer groups follow the token count and the weight's depth, and the kernel it names is one CI
+    compiles."""
+    deep = {(12288, 49152), (49152, 12288)}  # wide_is_deep at 132 SMs; the other shapes are not
     for fmt, dense_block in (("bitmap", 528 + 8192), ("pairmap", 272 + 8192)):
         for (m, k) in [(1, 1), (130, 517), (7168, 7168), (12288, 49152), (49152, 12288), (100, 30000)]:
-            for n in (33, 65, 128, 129, 512, 1024):
+            for n in (17, 32, 33, 65, 128, 129, 512, 1024):
                 for block in (dense_block // 5, dense_block):
                     cfg = dispatch.choose_wide_config(fmt, m, k, n, block, 132)
                     tiles = -(-m // (64 * cfg.spw)) * -(-n // (8 * cfg.nt))
                     assert min(tiles, 132) <= cfg.ctas <= max(tiles, 132) and cfg.ctas <= tiles * -(-k // 64)
                     assert cfg.smem <= dispatch.SMEM_PER_SM and cfg.w_stages >= 3
                     assert cfg.wide and cfg.threads == 128 * (cfg.spw + 1) and 8 * cfg.nt >= min(n, 128)
-                    assert cfg.spw == (3 if n <= 64 and m > 8192 else 2)  # a third group: 64 tokens, big weights
+                    if n <= 32:  # 32-token tiles: three groups for the bitmap, four for the pair bitmap
+                        assert (cfg.nt, cfg.spw) == (4, 3 if fmt == "bitmap" else 4)
+                    else:  # a third group at 64 tokens on deep weights
+                        assert cfg.spw == (3 if n <= 64 and (m, k) in deep else 2)
                     assert cfg.name(fmt, fmt == "bitmap") in dispatch.all_variants()
     with pytest.raises(ValueError, match="decodes"):
         dispatch.choose_wide_config("tiled_csl", 512, 512, 256, 4000, 132)
