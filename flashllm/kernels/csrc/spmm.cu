@@ -526,10 +526,17 @@ struct WideSmem {
   __device__ __forceinline__ u32 end(const Params& p) const { return wempty + 8 * p.w_stages; }
 };
 
+// The bytes a block needs before its values: the header and masks, which alone decide what is read.
+template <int FMT>
+constexpr int block_head_bytes() { return FMT == FMT_PAIRMAP ? PAIR_WORDS_AT : 528; }
+
 // The producer (the first thread of the last warpgroup): stages 0 .. nk - 1, and nk when nk is odd (the consumers go in pairs):
 // its X tile lies past K (TMA zero-fills it) and its blocks are zero headers and masks (zero weights),
 // stored here directly.  A slot is refilled once every consumer warp released it.
-template <int NT, int XSTAGES, int CW>
+// The zeros cover the format's own header and masks and no more: a slot holds CW blocks of stage_w_bytes,
+// which for a near-empty pair bitmap (272-byte blocks) is less than the bitmap's 528, and writing 528 there
+// ran into the next block, the next ring slot and past the ring - a race that changed results run to run.
+template <int FMT, int NT, int XSTAGES, int CW>
 __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap, const WideSmem<NT, XSTAGES, CW>& S,
                                              const i64* ptrs, int nk, int kb0, int n0, RingPos& x, RingPos& w) {
   const int last = nk + (nk & 1);
@@ -549,9 +556,10 @@ __device__ __forceinline__ void wide_produce(const Params& p, const TmaMap* xmap
       for (int j = 0; j < CW; j++)
         if (b[j]) bulk_copy(st + j * p.stage_w_bytes, p.weight + ptrs[j * (nk + 1) + s], b[j], bar);
     } else {
-      for (int c = 0; c < CW * (528 / 16); c++)
+      constexpr int UNITS = block_head_bytes<FMT>() / 16;  // 16-byte stores per block
+      for (int c = 0; c < CW * UNITS; c++)
         asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n"
-                     :: "r"(st + (c / 33) * p.stage_w_bytes + ((c % 33) << 4)), "r"(0));
+                     :: "r"(st + (c / UNITS) * p.stage_w_bytes + ((c % UNITS) << 4)), "r"(0));
       mbar_arrive_expect(bar, 0);  // releases the stores above to the waiting consumers
     }
     w.next(p.w_stages);
@@ -744,7 +752,7 @@ __global__ void __launch_bounds__(WIDE_THREADS(CW), 1) spmm_wide(const Params p,
     if (threadIdx.x == WIDE_CONSUMERS(CW))
       for (i64 it = begin, off = 0; it < end;) {
         const Segment g(p, it, end);
-        wide_produce<NT, XSTAGES, CW>(p, &xmap, S, ptrs + off, g.nk, g.k0, (g.tile / W.mtiles) * NT * 8, x, w);
+        wide_produce<FMT, NT, XSTAGES, CW>(p, &xmap, S, ptrs + off, g.nk, g.k0, (g.tile / W.mtiles) * NT * 8, x, w);
         off += CW * (g.nk + 1);
         it += g.nk;
       }
