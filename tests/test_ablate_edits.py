@@ -1,18 +1,16 @@
-"""The device ablation scripts edit csrc/spmm.cu by string replacement: each edit must still match exactly once,
-or an ablation would silently time the unedited kernel."""
-import os
-import sys
-
+"""`flashllm bench probe ablate` edits the kernel sources by string replacement: each edit must still match as often
+as it says, or an ablation would silently time the unedited kernel."""
 import pytest
 
+from flashllm.bench import edits
 from flashllm.kernels import jit
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from wide_edits import EDITS  # noqa: E402
+
+@pytest.mark.parametrize("label", sorted(edits.EDITS))
+def test_ablation_edit_matches(label):
+    edits.apply(edits.source_files(jit.CSRC), label)  # raises if an edit's text is not found as often as it says
 
 
-@pytest.mark.parametrize("label", sorted(EDITS))
-def test_wide_ablate_edit_matches_once(label):
-    source = jit._source("spmm.cu")
-    for old, _ in EDITS[label]:
-        assert source.count(old) == 1, f"{label}: {old!r}"
+def test_unknown_edit_is_named():
+    with pytest.raises(ValueError, match="nosuchedit"):
+        edits.parse("base+nosuchedit")

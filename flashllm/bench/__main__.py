@@ -1,14 +1,24 @@
-"""`python -m flashllm.bench <kernel|encode|...>`: the benchmarks behind `flashllm bench`."""
+"""`flashllm bench <command>` (also `python -m flashllm.bench <command>`): every benchmark the README and docs quote.
+
+  kernel     SpMM kernels against cuBLAS over the Flash-LLM paper's shapes, every format (--large-n: prefill sizes)
+  e2e        generation end to end: Hugging Face, the engine dense and sparse (--tp G: tensor parallel)
+  encode     compress / decompress / validate speed of every format (CPU or GPU)
+  step       one decode step's GPU time by kernel
+  attention  the decode-attention kernel against cuDNN SDPA
+  probe      forced configs, source ablations and instruction rates, for the tuning rules (docs/tuning.md)
+"""
 
 import importlib
 import sys
 
-COMMANDS = {"kernel": "flashllm.bench.kernel", "encode": "flashllm.bench.encode", "e2e": "flashllm.bench.e2e"}
+COMMANDS = {name: f"flashllm.bench.{name}" for name in
+            ("kernel", "e2e", "encode", "step", "attention", "probe")}
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
+        print(__doc__)
         print(f"usage: flashllm bench {{{','.join(COMMANDS)}}} [--help]")
         return 2
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
