@@ -37,7 +37,7 @@ from flashllm.kernels import dispatch, jit
 from flashllm.kernels.decompress import dense_matmul
 
 from . import edits as edit_table
-from .kernel import clone_weight, rel_err
+from .kernel import PAPER_SHAPES, clone_weight, rel_err
 from .timing import copies_to_defeat_l2, time_graph
 
 
@@ -75,6 +75,9 @@ def kernel_sources(folder: Path | None):
 # --- arguments -----------------------------------------------------------------------------------------------
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'27648x9216,7168x7168', or 'paper': the 12 OPT-30B/66B/175B layer shapes of the kernel bench."""
+    if text == "paper":
+        return list(PAPER_SHAPES)
     return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s]
 
 
@@ -104,7 +107,7 @@ def label_of(cfg: dict | str) -> str:
 
 def common_args(p: argparse.ArgumentParser, shapes: str, sparsities: str, ns: str) -> None:
     p.add_argument("--format", default="bitmap", choices=flashllm.FORMATS)
-    p.add_argument("--shapes", default=shapes, help=f"MxK list (default {shapes})")
+    p.add_argument("--shapes", default=shapes, help=f"MxK list or 'paper' (the 12 kernel-bench shapes; default {shapes})")
     p.add_argument("--sparsities", default=sparsities, help=f"(default {sparsities})")
     p.add_argument("--ns", default=ns, help=f"tokens per call (default {ns})")
     p.add_argument("--reps", type=int, default=3, help="interleaved timings per column; medians (default 3)")
