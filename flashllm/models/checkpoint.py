@@ -122,7 +122,10 @@ def from_pretrained(path, device=None, dtype=None, format: str = "auto",
 
     device: where the model goes (default: CUDA if available, else CPU).
     dtype: float16 / bfloat16 / float32 for the dense tensors and compressed values (default: as stored;
-        fp32 weights that get compressed store fp16 values, bf16 if they overflow fp16).
+        fp32 weights that get compressed store fp16 values, bf16 if they overflow fp16). Compressed
+        values are 16-bit, so with float32 a dense layer is compressed only when its values are exactly
+        fp16 or bf16 values (nothing is rounded); a flashllm checkpoint's layers keep their stored values.
+        A finite value that the requested type would turn into inf raises CheckpointError naming the tensor.
     format: SparseWeight format for layers compressed here ("auto" or one of formats.FORMATS); a flashllm
         checkpoint stored in another format is re-encoded.
     sparsity_threshold: a linear weight of a dense or bitmask checkpoint is compressed when at least
@@ -192,19 +195,116 @@ def _mapping(entry: dict, key: str, config_path: Path) -> dict:
     return value
 
 
-def _value_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
-    """16-bit dtype for compressed values: the requested or stored one; fp32 narrows to fp16 unless it overflows."""
+def _value_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype | None:
+    """16-bit dtype for compressed values: the requested or stored one; fp32 narrows to fp16 unless it
+    overflows. With float32 requested: the 16-bit type that holds every value exactly, else None (stay dense)."""
     for d in (dtype, weight.dtype):
         if d in (torch.float16, torch.bfloat16):
             return d
+    if dtype == torch.float32:
+        return next((d for d in (torch.float16, torch.bfloat16) if torch.equal(weight.to(d).to(weight.dtype), weight)),
+                    None)
     overflow = weight.numel() and float(weight.abs().max()) > torch.finfo(torch.float16).max
     return torch.bfloat16 if overflow else torch.float16
+
+
+def _narrowed(tensor: torch.Tensor, dtype: torch.dtype | None, shards: Shards, source: str) -> torch.Tensor:
+    """`tensor` cast to `dtype`, refusing a finite value that the cast would turn into inf."""
+    if dtype is None or tensor.dtype == dtype or not tensor.dtype.is_floating_point:
+        return tensor
+    out = tensor.to(dtype)
+    if torch.finfo(dtype).max < torch.finfo(tensor.dtype).max:
+        overflow = torch.isinf(out) & torch.isfinite(tensor)
+        if bool(overflow.any()):
+            value = float(tensor[overflow].reshape(-1)[0])
+            name = str(dtype).removeprefix("torch.")
+            raise shards.error(source, f"value {value:g} is outside {name}'s range (largest {torch.finfo(dtype).max:g}); "
+                                       "load it as bfloat16 or float32")
+    return out
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int]:
     if is_conv1d(module):
         return module.nf, module.nx
     return module.out_features, module.in_features
+
+
+def read_sparse_layer(shards: Shards, module_name: str, record: dict, config_path: Path):
+    """The validated SparseWeight stored under `<module_name>.weight.*`, checked against its config.json
+    record; returns (weight, {key: tensor name}). An error names the tensor that is broken."""
+    head = module_name + ".weight."
+    parts = {n[len(head):]: n for n in shards.names() if n.startswith(head)}
+    if not parts:
+        raise CheckpointError(f"{config_path}: layer {module_name!r} has no tensors {head}* in the checkpoint")
+    tensors = {k: shards.get(n) for k, n in parts.items()}
+    try:
+        weight = SparseWeight.from_state_dict(tensors, validate=False)
+    except (ValueError, TypeError) as e:
+        raise shards.error(_broken_part(parts, tensors, record, str(e)),
+                           f"layer {module_name}: invalid SparseWeight: {e}") from e
+    problem = _disagreement(weight, record)
+    if problem:
+        raise shards.error(parts["meta"], f"layer {module_name}: {problem}")
+    try:
+        weight.validate()
+    except (ValueError, TypeError) as e:
+        raise shards.error(_broken_part(parts, tensors, record, str(e)),
+                           f"layer {module_name}: invalid SparseWeight: {e}") from e
+    return weight, parts
+
+
+def _disagreement(weight: SparseWeight, record: dict) -> str | None:
+    """What the weight's meta tensor says that its config.json record contradicts (fields the record has)."""
+    if weight.format != record.get("format", weight.format):
+        return f"format {weight.format!r}, config.json says {record['format']!r}"
+    shape = record.get("shape")
+    if isinstance(shape, list) and [int(d) for d in shape if isinstance(d, (int, float))] != list(weight.shape):
+        return f"shape {weight.shape} in its meta tensor, config.json says {tuple(shape)}"
+    dtype = str(weight.dtype).removeprefix("torch.")
+    if dtype != record.get("dtype", dtype):
+        return f"dtype {dtype} in its meta tensor, config.json says {record['dtype']}"
+    sparsity = record.get("sparsity")
+    if isinstance(sparsity, (int, float)):
+        elements = weight.shape[0] * weight.shape[1]
+        if abs((1 - sparsity) * elements - weight.nnz) > 1e-6 * elements + 1:  # the record keeps 6 decimals
+            return f"{weight.nnz} non-zeros in its meta tensor, config.json says sparsity {sparsity}"
+    return None
+
+
+# What a SparseWeight error says about where it comes from: fields of the meta tensor, or its offsets.
+_META_ERRORS = ("'meta'", "format version", "format code", "dtype code", "invalid shape", "outside [0, M*K",
+                "max_block_bytes")
+
+
+def _broken_part(parts: dict[str, str], tensors: dict, record: dict, message: str) -> str:
+    """The tensor name a SparseWeight error points at: `.meta` for what it records (format, shape,
+    counts), the offsets (`.block_ptr`, ...) for an offset check, else the payload (`.data`, ...).
+    An offsets total that disagrees with the payload's size blames the one whose size config.json's
+    byte count contradicts."""
+    from ..formats import codec_for
+    fallback = parts.get("meta", next(iter(parts.values())))
+    if any(word in message for word in _META_ERRORS) or "meta" not in tensors:
+        return fallback
+    try:
+        payload, ptr = codec_for(SparseWeight.from_state_dict(tensors, validate=False).format).TENSORS
+    except (ValueError, TypeError):
+        return fallback
+    if ptr not in parts or payload not in parts:
+        return fallback
+    if ptr in message:
+        if "does not match the buffer size" in message and isinstance(record.get("nbytes"), int):
+            stored = sum(_nbytes(tensors[k]) for k in (payload, ptr))
+            return parts[payload] if stored != record["nbytes"] else parts[ptr]
+        return parts[ptr]
+    return parts[payload]
+
+
+def _decode_bitmask(shards: Shards, group: dict[str, str], prefix: str) -> torch.Tensor:
+    """One compressed-tensors bitmask group, validated and decoded to its dense tensor."""
+    try:
+        return ct.decode({s: shards.get(n) for s, n in group.items()}, prefix)
+    except ValueError as e:
+        raise shards.error(group["compressed"], str(e)) from e
 
 
 class _Loader:
@@ -235,9 +335,7 @@ class _Loader:
         module = self.model.get_submodule(module_name)
         if name in self.loaded or leaf not in module._parameters and leaf not in module._buffers:
             raise self.shards.error(source, "stored twice, or also as part of a compressed layer")
-        if tensor.dtype.is_floating_point and self.dtype is not None:
-            tensor = tensor.to(self.dtype)
-        tensor = tensor.to(self.device)
+        tensor = _narrowed(tensor, self.dtype, self.shards, source).to(self.device)
         if leaf in module._parameters:
             module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
         else:
@@ -254,12 +352,12 @@ class _Loader:
         setattr(self.model.get_submodule(parent), child, SparseLinear(weight.to(self.device), bias))
         self.loaded.add(module_name + ".weight")
 
-    def reencode(self, weight: SparseWeight) -> SparseWeight:
+    def reencode(self, weight: SparseWeight, source: str | None = None) -> SparseWeight:
         dtype = self.dtype if self.dtype in (torch.float16, torch.bfloat16) else weight.dtype
         fmt = weight.format if self.format == "auto" else self.format
         if dtype == weight.dtype and fmt == weight.format:
             return weight
-        return compress(weight.to_dense().to(dtype), format=fmt)
+        return compress(_narrowed(weight.to_dense(), dtype, self.shards, source), format=fmt)
 
     def load_flashllm(self, entry: dict, config_path: Path) -> None:
         layers = entry.get("layers")
@@ -268,19 +366,10 @@ class _Loader:
         claimed = set()
         for module_name, record in layers.items():
             self._check_layer_record(module_name, record, config_path)
-            head = module_name + ".weight."
-            parts = {n[len(head):]: n for n in self.shards.names() if n.startswith(head)}
-            if not parts:
-                raise CheckpointError(f"{config_path}: layer {module_name!r} has no tensors {head}* in the checkpoint")
-            source = next(iter(parts.values()))
-            try:
-                # Validated on the CPU, before any of it moves: a GPU kernel must never see unchecked offsets.
-                weight = SparseWeight.from_state_dict({k: self.shards.get(n) for k, n in parts.items()})
-            except (ValueError, TypeError) as e:
-                raise self.shards.error(source, f"layer {module_name}: invalid SparseWeight: {e}") from e
-            if weight.format != record["format"]:
-                raise self.shards.error(source, f"format {weight.format!r}, config.json says {record['format']!r}")
-            self.install(module_name, self.reencode(weight), source)
+            # Validated on the CPU, before any of it moves: a GPU kernel must never see unchecked offsets.
+            weight, parts = read_sparse_layer(self.shards, module_name, record, config_path)
+            source = parts.get("meta", next(iter(parts.values())))
+            self.install(module_name, self.reencode(weight, source), source)
             claimed.update(parts.values())
         for name in self.shards.names():
             if name in claimed:
@@ -340,10 +429,7 @@ class _Loader:
         unexpected = []
         for prefix, group in groups.items():
             name = ct.parameter_name(prefix, self.expected)
-            try:
-                dense = ct.decode({s: self.shards.get(n) for s, n in group.items()}, prefix)
-            except ValueError as e:
-                raise self.shards.error(group["compressed"], str(e)) from e
+            dense = _decode_bitmask(self.shards, group, prefix)
             self._dense_item(name, lambda t=dense: t, group["compressed"], eligible, threshold, unexpected)
         for name in plain:
             self._dense_item(name, lambda n=name: self.shards.get(n), name, eligible, threshold, unexpected)
@@ -369,10 +455,13 @@ class _Loader:
         # Counted and compressed on the target device: this one dense layer is the only one there at once.
         tensor = tensor.to(self.device)
         weight = tensor.t() if is_conv1d(module) else tensor
-        if int((weight == 0).sum()) < threshold * weight.numel():
+        value_dtype = None
+        if int((weight == 0).sum()) >= threshold * weight.numel():
+            value_dtype = _value_dtype(weight, self.dtype)
+        if value_dtype is None:
             self.place(target, tensor, source)
             return
-        value_dtype = _value_dtype(weight, self.dtype)
+        weight = _narrowed(weight, value_dtype, self.shards, source)
         self.install(module_name, compress(weight.contiguous(), self.format, value_dtype), source)
 
     def finish(self) -> None:
@@ -392,10 +481,13 @@ class _Loader:
 
 # ---------------------------------------------------------------------------------------------- info
 
-def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> dict:
-    """What a checkpoint directory holds, read from headers where possible (dense weights are scanned
-    one at a time to count zeros). Returns {"kind", "layers": [{name, shape, format, sparsity, nbytes,
-    dense_nbytes}], "file_bytes", "sparsity", ...}; each layer is a linear weight."""
+def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD, validate: bool = True) -> dict:
+    """What a checkpoint directory holds. Returns {"kind", "layers": [{name, shape, format, sparsity,
+    nbytes, dense_nbytes}], "file_bytes", "sparsity", ...}; each layer is a linear weight.
+
+    validate: read every compressed layer and check it as loading would (a SparseWeight's validate(),
+    a bitmask's decode), one layer at a time, raising CheckpointError naming the broken tensor; False
+    reads the headers and config.json only. Dense weights are always read, to count their zeros."""
     root = Path(path)
     config = read_json(root / CONFIG_NAME) if (root / CONFIG_NAME).is_file() else {}
     try:
@@ -406,12 +498,20 @@ def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> dict
 
     layers = []
     if kind == PRODUCER:
-        for name, record in (config[SPARSITY_KEY].get("layers") or {}).items():
+        records = config[SPARSITY_KEY].get("layers") or {}
+        if not isinstance(records, dict):
+            raise CheckpointError(f"{root / CONFIG_NAME}: {SPARSITY_KEY}.layers must be an object")
+        for name, record in records.items():
+            if not isinstance(record, dict) or record.get("format") not in FORMATS:
+                raise CheckpointError(f"{root / CONFIG_NAME}: layer {name!r}: format must be one of {FORMATS}")
             parts = [n for n in shards.names() if n.startswith(name + ".weight.")]
-            shape = [int(d) for d in record.get("shape", [0, 0])]
-            layers.append({"name": name, "shape": shape, "format": str(record.get("format")),
-                           "sparsity": float(record.get("sparsity", 0.0)),
-                           "nbytes": sum(shards.nbytes(n) for n in parts), "dense_nbytes": 2 * math.prod(shape)})
+            layer = {"name": name, "shape": [int(d) for d in record.get("shape", [0, 0])],
+                     "format": record["format"], "sparsity": float(record.get("sparsity", 0.0))}
+            if validate:
+                weight, _ = read_sparse_layer(shards, name, record, root / CONFIG_NAME)
+                layer.update(shape=list(weight.shape), sparsity=weight.sparsity)
+            layers.append({**layer, "nbytes": sum(shards.nbytes(n) for n in parts),
+                           "dense_nbytes": 2 * math.prod(layer["shape"])})
         return _summary(root, kind, config, layers, shards, sparsity_threshold)
 
     skeleton = build_skeleton(load_config(root), None)
@@ -421,6 +521,8 @@ def describe(path, sparsity_threshold: float | None = DEFAULT_THRESHOLD) -> dict
         name = prefix.removesuffix(".weight")
         if name not in linear:
             continue  # embeddings, norms and biases that releases before 0.9 compressed too
+        if validate:
+            _decode_bitmask(shards, group, prefix)
         shape = list(ct.dense_shape(shards.get(group["shape"]), prefix))
         nnz = math.prod(shards.shape(group["compressed"]))
         value_bytes = shards.nbytes(group["compressed"]) // max(nnz, 1)

@@ -441,3 +441,78 @@ def test_absurd_config_values(saved, change):
     directory, _ = saved
     _edit_config(directory, lambda c: c.update(change))
     _fails(directory, "config.json")
+
+
+# ------------------------------------------------------------------- corruption names the broken tensor
+
+@pytest.fixture
+def saved_bitmap(tmp_path):
+    model = sparsify(tiny_model("llama"), "bitmap")
+    save_pretrained(model, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def _poke(key, index, value):
+    def change(t):
+        t = t.clone()
+        t.view(-1)[index] = value
+        return t
+    return key, change
+
+
+@pytest.mark.parametrize("key,change", [
+    _poke("data", 0, 255),                             # a block header's strip ends
+    ("data", lambda t: t[:-16].clone()),               # values cut off: the offsets now run past the end
+    _poke("block_ptr", 1, 17),                         # offsets
+    ("block_ptr", lambda t: torch.cat([t[:-1], t[-1:] + 16])),
+    _poke("meta", 0, 9),                               # format version
+    _poke("meta", 2, 96),                              # M: config.json says otherwise
+    _poke("meta", 5, 1),                               # nnz
+    _poke("meta", 6, 7),                               # max_block_bytes
+])
+def test_corruption_names_the_broken_tensor(saved_bitmap, key, change):
+    name = f"model.layers.1.mlp.up_proj.weight.{key}"
+    _rewrite(saved_bitmap / SINGLE_NAME, lambda d: d.__setitem__(name, change(d[name])))
+    for call in (lambda: from_pretrained(saved_bitmap, device="cpu"), lambda: describe(saved_bitmap)):
+        with pytest.raises(CheckpointError) as info:
+            call()
+        assert f"tensor {name!r}" in str(info.value), str(info.value)
+    assert describe(saved_bitmap, validate=False)["kind"] == "flashllm"  # headers alone do not see it
+
+
+def test_describe_validates_bitmask_layers(tmp_path):
+    shutil.copytree(FIXTURES / "ct_bitmask_v0.9.4" / "llama", tmp_path / "m")
+    name = "model.layers.0.mlp.gate_proj.row_offsets"
+    _rewrite(tmp_path / "m" / SINGLE_NAME, lambda d: d[name].__setitem__(5, 10**6))
+    with pytest.raises(CheckpointError, match="row_offsets"):
+        describe(tmp_path / "m")
+
+
+# ------------------------------------------------------------------------------------ dtype and range
+
+def test_value_out_of_the_requested_range_is_an_error(tmp_path):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[3, 5] = 1e6  # finite in fp32 and bf16, inf in fp16
+        model.model.norm.weight[0] = -1e6
+    model.save_pretrained(tmp_path)
+    for threshold in (0.3, None):  # compressed on load, or kept dense
+        with pytest.raises(CheckpointError, match=r"model\.(layers\.0\.mlp\.down_proj|norm)\.weight.*float16's range"):
+            from_pretrained(tmp_path, device="cpu", dtype=torch.float16, sparsity_threshold=threshold)
+    loaded = from_pretrained(tmp_path, device="cpu", dtype=torch.bfloat16)
+    assert float(loaded.model.layers[0].mlp.down_proj.weight.to_dense()[3, 5]) == pytest.approx(1e6, rel=1e-2)
+    auto = from_pretrained(tmp_path, device="cpu")  # fp32 stored: bf16 values where fp16 would overflow
+    assert auto.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+
+
+def test_float32_never_rounds_a_compressed_value(tmp_path):
+    model = tiny_model("llama")  # every value fp16-exact
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = 1 / 3  # one value no 16-bit type holds
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path, device="cpu", dtype=torch.float32)
+    up = loaded.model.layers[1].mlp.up_proj
+    assert isinstance(up, torch.nn.Linear) and up.weight.dtype == torch.float32 and float(up.weight[0, 0]) == float(torch.tensor(1 / 3))
+    assert isinstance(loaded.model.layers[0].mlp.up_proj, SparseLinear)
+    assert loaded.model.embed_tokens.weight.dtype == torch.float32
+    assert_close_rel(logits(model), logits(loaded), tol=1e-6)
