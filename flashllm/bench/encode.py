@@ -25,7 +25,7 @@ import torch
 import flashllm
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-ENCODE_TARGET_S = 10.0  # the foundation issue's CPU target for the default matrix
+ENCODE_TARGET_S = 10.0  # a CPU budget for encoding the default matrix, checked and printed
 
 
 def random_pruned(m: int, k: int, sparsity: float, dtype, device, seed: int) -> torch.Tensor:
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     if not gpu and (args.m, args.k, args.sparsity) == (7168, 28672, 0.8):
         for fmt, r in result["formats"].items():
             verdict = "within" if r["encode"]["median_s"] <= ENCODE_TARGET_S else "OVER"
-            print(f"{fmt}: encode {r['encode']['median_s']:.1f} s, {verdict} the {ENCODE_TARGET_S:.0f} s CPU target")
+            print(f"{fmt}: encode {r['encode']['median_s']:.1f} s, {verdict} the {ENCODE_TARGET_S:.0f} s CPU budget")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -1,4 +1,4 @@
-"""GPU timing the way the anchors were measured: CUDA events around CUDA-graph replays of many
+"""GPU timing: CUDA events around CUDA-graph replays of many
 launches over rotating weight copies (so no weight sits in L2), medians over replays."""
 
 from __future__ import annotations
