@@ -5,6 +5,7 @@
   encode     compress / decompress / validate speed of every format (CPU or GPU)
   step       one decode step's GPU time by kernel
   attention  the decode-attention kernel against cuDNN SDPA
+  quality    perplexity of a model pruned by magnitude, Wanda and SparseGPT
   probe      forced configs, source ablations and instruction rates, for the tuning rules (docs/tuning.md)
 """
 
@@ -12,7 +13,7 @@ import importlib
 import sys
 
 COMMANDS = {name: f"flashllm.bench.{name}" for name in
-            ("kernel", "e2e", "encode", "step", "attention", "probe")}
+            ("kernel", "e2e", "encode", "step", "attention", "quality", "probe")}
 
 
 def main(argv=None):
