@@ -380,7 +380,8 @@ def run_launch(a) -> list:
     for _ in range(3):
         dense_matmul(x, sw) if forced == "dense" else spmm_forced(x, sw, forced)
     torch.cuda.synchronize()
-    print("config", "decompress + cuBLAS" if forced == "dense" else config_of(sw, a.n, forced))
+    shown = "decompress + cuBLAS" if forced == "dense" else repr(config_of(sw, a.n, forced))
+    print(f"config: {shown}")
     return []
 
 
