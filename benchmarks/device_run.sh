@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then the kernel benchmark; the short table prints last, JSON/PNG go to $OUT.
-# usage (on the device): bash benchmarks/device_run.sh [tests|sweep|bench|all] [bench args...]
+# usage (on the device): bash benchmarks/device_run.sh [tests|sanitize|sweep|bench|all] [bench args...]
+# tests: FLASHLLM_SEED fixes the GPU tests' seed; FLASHLLM_FUZZ_SECONDS the fuzz test's budget (150).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD FLASHLLM_CACHE_DIR=${FLASHLLM_CACHE_DIR:-/tmp/flashllm-cache}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -11,8 +12,14 @@ if [[ $what == tests || $what == all ]]; then
   python3 -m pytest tests -m gpu -q --maxfail=30 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ $what == sanitize || $what == all ]]; then
-  compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 benchmarks/sanitize_cases.py 2>&1 | tee "$OUT/sanitizer.log" | tail -5
-  echo "compute-sanitizer exit code: ${PIPESTATUS[0]}"
+  # memcheck over every case; racecheck and synccheck (many times slower) over the light set
+  for tool in memcheck racecheck synccheck; do
+    set=$([[ $tool == memcheck ]] && echo full || echo light)
+    start=$SECONDS
+    compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 python3 benchmarks/sanitize_cases.py $set \
+      2>&1 | tee "$OUT/sanitizer_$tool.log" | tail -4
+    echo "compute-sanitizer $tool ($set): exit code ${PIPESTATUS[0]}, $((SECONDS - start)) s"
+  done
 fi
 if [[ $what == sweep ]]; then
   python3 benchmarks/sweep_configs.py "$@" 2>&1 | tee "$OUT/sweep.log"

@@ -57,7 +57,7 @@ def check(x, w_dense, sw, tol, wg=None):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_sparsity_sweep(fmt, dtype, sparsity, wg):
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)  # fresh data every run
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())  # fresh data every run
     m, k = 333, 517  # odd: not tile multiples
     w = pruned(m, k, sparsity, dtype, gen)
     sw = flashllm.compress(w, fmt)
@@ -71,7 +71,7 @@ def test_sparsity_sweep(fmt, dtype, sparsity, wg):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m,k", [(1, 1), (7, 9), (64, 64), (130, 4096), (4096, 200), (2048, 2048)])
 def test_shapes(fmt, m, k, wg):
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     w = pruned(m, k, 0.6, torch.float16, gen)
     sw = flashllm.compress(w, fmt)
     for n in (1, 8, 40, 64, 200):
@@ -129,7 +129,7 @@ def test_every_output_written(fmt, wg):
 def test_bias_added_before_rounding(fmt, dtype, wg):
     """bias in the epilogue (split 1) and in the split-K reduce; the large-N path adds it through cuBLAS."""
     skip_without_mma_choice(fmt, wg)
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 333, 517
     w = pruned(m, k, 0.8, dtype, gen)
     sw = flashllm.compress(w, fmt)
@@ -201,7 +201,7 @@ def test_cuda_graph_and_compile():
 def test_decompress_kernel_is_exact(fmt, dtype):
     from flashllm.kernels.decompress import dense_matmul
     from flashllm.kernels.dispatch import decompress_cuda
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     for (m, k, s) in [(333, 517, 0.5), (64, 64, 0.0), (130, 70, 0.9), (1, 1, 0.0), (200, 300, 1.0)]:
         w = pruned(m, k, s, dtype, gen)
         sw = flashllm.compress(w, fmt)
@@ -227,7 +227,7 @@ def test_pairmap_every_config(dtype):
     on a matrix with a partial last row block and K block; each result poisoned first, checked complete,
     accurate and reproducible."""
     from flashllm.kernels import dispatch
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 333, 1111
     w = pruned(m, k, 0.75, dtype, gen)
     w[5, :] = torch.randn(k, generator=gen, device="cuda").to(dtype)  # one fully dense row
@@ -256,7 +256,7 @@ def test_sell_every_config(dtype):
     """Every launch shape of the sliced-ELL kernel: CTA sizes, load depths, K splits across and within
     chunks, token planes; each result poisoned first, checked complete, accurate and reproducible."""
     from flashllm.kernels import sell_launch
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 1000, 5000  # 32 slices (the last partial), 3 chunks (the last partial)
     w = pruned(m, k, 0.9, dtype, gen)
     sw = flashllm.compress(w, "sell")
@@ -300,7 +300,7 @@ def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
     (same fp32 sums in slice order), with a bias, a partial last row block and odd K, for every cluster
     size and token tile; every element is written (output poisoned first) and a CUDA graph replays it."""
     from flashllm.kernels import dispatch
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 333, 3001
     w = pruned(m, k, 0.8, dtype, gen)
     sw = flashllm.compress(w, fmt)
@@ -335,7 +335,7 @@ def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
 def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
     """A GPU (partition) that cannot place a cluster gets the reduce kernel instead of a launch error."""
     from flashllm.kernels import dispatch
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k, n = 1000, 2000, 32
     w = pruned(m, k, 0.8, torch.float16, gen)
     sw = flashllm.compress(w, "pairmap")
@@ -362,7 +362,7 @@ WIDE_CONFIGS = [{}, {"nt": 16}, {"nt": 32, "split": 3}, {"nt": 16, "stages": 3},
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.8, 0.95, 1.0])
 def test_wide_kernel(fmt, dtype, sparsity):
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)  # fresh data every run
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())  # fresh data every run
     tol = 2e-3 if dtype == torch.float16 else 1e-2
     for m, k in [(333, 517), (130, 4096), (64, 64)]:
         w = pruned(m, k, sparsity, dtype, gen)
@@ -417,7 +417,7 @@ def test_wide_kernel_stream_k_by_default(fmt):
     """A 4096-row weight at 256 tokens has 32 tiles: dispatch shares their iterations over every SM, and the
     tiles cut between CTAs sum to the reference, bitwise the same on every run, with the bias."""
     from flashllm.kernels import dispatch
-    gen = torch.Generator("cuda").manual_seed(torch.seed() % 2**31)
+    gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     w = pruned(4096, 4096, 0.7, torch.float16, gen)
     sw = flashllm.compress(w, fmt)
     x = torch.randn(256, 4096, generator=gen, device="cuda").half()
