@@ -9,7 +9,7 @@ what=${1:-all}; shift || true
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, cuda.bindings; print('torch', torch.__version__, torch.cuda.get_device_name())"
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest tests -m gpu -q --maxfail=30 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+  python3 -m pytest tests -m gpu -q -rP --maxfail=30 -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ $what == sanitize || $what == all ]]; then
   # memcheck over every case; racecheck and synccheck (many times slower) over the light set
