@@ -1,6 +1,7 @@
 """sparsify_: prune every matching linear layer of a model and swap in SparseLinear, in place."""
 
 import fnmatch
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -12,7 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .nn import SparseLinear, dense_weight_of, format_nbytes, is_linear_like
-from .prune import calibrate_sequentially, magnitude_prune, prepare_samples, sparsegpt_prune, wanda_prune
+from .prune import (calibrate_sequentially, calibration_windows, magnitude_prune, prepare_samples, sparsegpt_prune,
+                    wanda_prune)
 from .prune.magnitude import check_sparsity
 
 METHODS = ("magnitude", "wanda", "sparsegpt", None)
@@ -89,14 +91,21 @@ def sparsify_(
     progress: bool = True,
     dtype: torch.dtype | None = None,
     max_tokens: int | None = None,
+    calibration_samples: int | None = None,
+    calibration_tokens: int | None = None,
+    seed: int = 0,
 ) -> SparsifyReport:
     """Prune every matching nn.Linear / GPT-2 Conv1D of `model` and replace it by a SparseLinear.
 
     sparsity: fraction of zeros per layer in [0, 1), or {fnmatch pattern: fraction}; with a
         mapping the last matching pattern wins and layers no pattern matches are left alone.
     method: "magnitude" | "wanda" | "sparsegpt" | None (keep the zeros the weights already have).
-    calibration: token-id tensors, strings (with tokenizer=) or model-input dicts; required by
-        wanda and sparsegpt, and run through the model block by block on the model's device.
+    calibration: required by wanda and sparsegpt, run through the model block by block on the
+        model's device. Either a corpus, cut into windows (see prune.calibration_windows): a text
+        file or folder path (str or Path), or strings when calibration_samples/_tokens is given;
+        or ready samples: token-id tensors, strings (with tokenizer=) or model-input dicts.
+    calibration_samples / calibration_tokens: how many windows of how many tokens to draw from a
+        corpus (defaults 128 and 512 when either is given or calibration is a path), with `seed`.
     include / exclude: fnmatch patterns on qualified module names; a pattern also matches any
         dotted tail of the name ("lm_head" matches "model.lm_head", "*.q_proj" every q_proj).
     dtype: 16-bit type to store values in (default: the layer's own fp16/bf16, fp16 for fp32).
@@ -151,7 +160,8 @@ def sparsify_(
 
     try:
         if method in _CALIBRATED:
-            samples = prepare_samples(calibration, tokenizer, _device_of(model))
+            samples = prepare_samples(_calibration_items(calibration, tokenizer, calibration_samples,
+                                                         calibration_tokens, seed), tokenizer, _device_of(model))
             layers = {name: t[0] for name, t in targets.items()}
             calibrate_sequentially(model, samples, layers, method == "sparsegpt", prune, after_block=swap)
         else:
@@ -162,6 +172,23 @@ def sparsify_(
         bar.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _calibration_items(calibration, tokenizer, samples, tokens, seed):
+    """Windows cut from a corpus (a path, or strings with a window size asked for), else the items as given."""
+    is_path = isinstance(calibration, (str, os.PathLike))
+    if is_path or samples is not None or tokens is not None:
+        if not is_path and not _all_strings(calibration):
+            raise ValueError("calibration_samples / calibration_tokens cut text into windows: pass a path or "
+                             "strings as calibration")
+        return calibration_windows(os.fspath(calibration) if is_path else list(calibration), tokenizer,
+                                   samples=128 if samples is None else samples,
+                                   tokens=512 if tokens is None else tokens, seed=seed)
+    return calibration
+
+
+def _all_strings(items) -> bool:
+    return isinstance(items, (list, tuple)) and bool(items) and all(isinstance(i, str) for i in items)
 
 
 def _prune(name, dense, sparsity, method, stats):

@@ -4,7 +4,8 @@ Packing the zeros into a SparseWeight is a separate step (flashllm.compress); an
 ours or another tool's, can be compressed the same way.
 """
 
-from .calibration import InputStats, calibrate_sequentially, prepare_samples, record_inputs
+from .calibration import (InputStats, calibrate_sequentially, calibration_windows, prepare_samples, read_corpus,
+                          record_inputs)
 from .magnitude import magnitude_prune, zero_count
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_prune
@@ -12,8 +13,10 @@ from .wanda import wanda_prune
 __all__ = [
     "InputStats",
     "calibrate_sequentially",
+    "calibration_windows",
     "magnitude_prune",
     "prepare_samples",
+    "read_corpus",
     "record_inputs",
     "sparsegpt_prune",
     "wanda_prune",

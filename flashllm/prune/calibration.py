@@ -8,7 +8,10 @@ actually produces.
 """
 
 import contextlib
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,8 +26,16 @@ class InputStats:
         self.sq_sum = None  # [in]: sum of x_j^2 over tokens (Wanda)
         self.xtx = None  # [in, in]: sum of x x^T over tokens (SparseGPT)
 
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """x [..., in]; mask [...] (bool, x's leading shape) keeps only the tokens where it is True.
+
+        Padding tokens are left out this way: they would pull the statistics towards inputs the
+        model never sees in use. A mask of another shape (a layer that regroups its tokens) is ignored.
+        """
+        x = x.detach()
+        if mask is not None and mask.shape == x.shape[:-1]:
+            x = x[mask.to(x.device)]
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
         if self.sq_sum is None:
             self.sq_sum = torch.zeros(x.shape[1], device=x.device)
             if self.want_hessian:
@@ -46,11 +57,15 @@ class InputStats:
 
 
 @contextlib.contextmanager
-def record_inputs(layers: Mapping[str, nn.Module], hessian: bool):
-    """Within the block, every call of layers[name] adds its input to stats[name] (the yielded dict)."""
+def record_inputs(layers: Mapping[str, nn.Module], hessian: bool, token_mask: Callable[[], torch.Tensor | None] = None):
+    """Within the block, every call of layers[name] adds its input to stats[name] (the yielded dict).
+
+    token_mask, if given, is called at each layer call for the mask of the tokens to count (see InputStats.add).
+    """
     stats = {name: InputStats(hessian) for name in layers}
+    mask = token_mask or (lambda: None)
     handles = [
-        layer.register_forward_pre_hook(lambda _module, args, s=stats[name]: s.add(args[0]))
+        layer.register_forward_pre_hook(lambda _module, args, s=stats[name]: s.add(args[0], mask()))
         for name, layer in layers.items()
     ]
     try:
@@ -58,6 +73,78 @@ def record_inputs(layers: Mapping[str, nn.Module], hessian: bool):
     finally:
         for handle in handles:
             handle.remove()
+
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+
+
+def read_corpus(source) -> str:
+    """The text of a file, or of every text file (.txt .md .rst .text) under a folder in path order,
+    documents joined by a blank line."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise ValueError(f"{source}: no text files ({', '.join(TEXT_SUFFIXES)}) in this folder")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(f"{source}: no such file or folder")
+    texts = []
+    for file in files:
+        try:
+            texts.append(file.read_text(encoding="utf-8").strip())
+        except UnicodeDecodeError:
+            raise ValueError(f"{file}: not UTF-8 text") from None
+    text = "\n\n".join(t for t in texts if t)
+    if not text:
+        raise ValueError(f"{source}: no text")
+    return text
+
+
+def calibration_windows(source, tokenizer, samples: int = 128, tokens: int = 512, seed: int = 0,
+                        batch_size: int = 8) -> list[torch.Tensor]:
+    """Calibration samples as the papers draw them: the corpus, tokenized as one sequence, is cut
+    into consecutive windows of `tokens` token ids, and `samples` of them are picked at random
+    (without replacement, so no token is used twice) with `seed`.
+
+    source: a text file or folder (see read_corpus), a string of text, or a list of documents.
+    Returns token-id tensors [B, tokens] of at most batch_size windows each (the picked windows in
+    corpus order). A corpus shorter than samples * tokens gives every window it has (a warning says
+    how many); one shorter than `tokens` gives a single shorter window.
+    """
+    if samples < 1 or tokens < 2:
+        raise ValueError(f"calibration needs samples >= 1 and tokens >= 2, got {samples} and {tokens}")
+    if tokenizer is None:
+        raise ValueError("calibration text needs a tokenizer= to turn it into token ids")
+    if isinstance(source, (list, tuple)):
+        text = "\n\n".join(source)
+    elif isinstance(source, os.PathLike) or (isinstance(source, str) and _names_a_path(source)):
+        text = read_corpus(source)
+    else:
+        text = source
+    ids = torch.as_tensor(tokenizer(text, return_attention_mask=False)["input_ids"], dtype=torch.long).reshape(-1)
+    if ids.numel() == 0:
+        raise ValueError("calibration text has no tokens")
+    n_windows = ids.numel() // tokens
+    if n_windows == 0:
+        return [ids.reshape(1, -1)]
+    if n_windows < samples:
+        warnings.warn(f"calibration: the text holds {n_windows} windows of {tokens} tokens, fewer than the "
+                      f"{samples} samples asked for; using all {n_windows}")
+    g = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(n_windows, generator=g)[:samples].sort().values
+    windows = ids[:n_windows * tokens].view(n_windows, tokens)[picked]
+    return list(windows.split(max(1, batch_size)))
+
+
+def _names_a_path(text: str) -> bool:
+    if "\n" in text or len(text) > 4096:
+        return False
+    try:
+        return Path(text).exists()
+    except OSError:
+        return False
 
 
 def prepare_samples(calibration: Sequence, tokenizer=None, device=None) -> list[tuple[tuple, dict]]:
@@ -115,16 +202,19 @@ def calibrate_sequentially(
     no stack of chained blocks, get their statistics from one final pass over the whole model.
     """
     remaining = dict(layers)
+    masks = [_token_mask(kwargs) for _args, kwargs in samples]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _kv_cache_off(model):
             blocks = find_blocks(model, layers)
             if blocks is not None and _blocks_are_chained(model, blocks, samples[0]):
-                _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer, after_block)
+                _run_block_by_block(model, blocks, samples, masks, remaining, hessian, on_layer, after_block)
             if remaining:
-                with record_inputs(remaining, hessian) as stats:
-                    for args, kwargs in samples:
+                current = {"mask": None}
+                with record_inputs(remaining, hessian, lambda: current["mask"]) as stats:
+                    for (args, kwargs), mask in zip(samples, masks):
+                        current["mask"] = mask
                         model(*args, **kwargs)
                 for name in list(remaining):
                     on_layer(name, stats.pop(name))
@@ -134,7 +224,7 @@ def calibrate_sequentially(
         model.train(was_training)
 
 
-def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer, after_block):
+def _run_block_by_block(model, blocks, samples, masks, remaining, hessian, on_layer, after_block):
     block_of = {}
     for i, block in enumerate(blocks):
         inside = {id(m) for m in block.modules()}
@@ -147,8 +237,10 @@ def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer, af
         block = blocks[i]
         here = {name: remaining[name] for name, b in block_of.items() if b == i}
         if here:
-            with record_inputs(here, hessian) as stats:
-                for args, kwargs in inputs:
+            current = {"mask": None}
+            with record_inputs(here, hessian, lambda: current["mask"]) as stats:
+                for (args, kwargs), mask in zip(inputs, masks):
+                    current["mask"] = mask
                     block(*args, **kwargs)
             for name in here:
                 on_layer(name, stats.pop(name))
@@ -156,6 +248,14 @@ def _run_block_by_block(model, blocks, samples, remaining, hessian, on_layer, af
         if i < last:
             inputs = [_with_hidden(args, kwargs, _hidden_out(block(*args, **kwargs))) for args, kwargs in inputs]
         after_block()
+
+
+def _token_mask(kwargs) -> torch.Tensor | None:
+    """The sample's real tokens (attention_mask != 0), or None when it has no padding to leave out."""
+    mask = kwargs.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.all()):
+        return None
+    return mask.bool()
 
 
 class _StopForward(Exception):
