@@ -2,7 +2,9 @@
 
 config.json gets a `sparsity_config` entry (producer, version, format, per-layer records, tied and shared
 layers); each SparseLinear is stored as its SparseWeight's tensors under `<module>.weight.<key>`, sharded
-like transformers does. `checkpoint.py` reads it back.
+like transformers does. `checkpoint.py` reads it back. A model with sparse layers also gets
+`quantization_config: {"quant_method": "flashllm"}` and the guard of `flashllm/hf.py`, so the same
+directory loads with transformers' from_pretrained once flashllm is imported (and fails without it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import hf
 from ..nn import SparseLinear
 from . import compressed_tensors as ct
 from .checkpoint import PRODUCER, SPARSITY_KEY
@@ -37,14 +40,7 @@ def save_pretrained(model: nn.Module, save_directory, max_shard_size: int | str 
         raise TypeError("save_pretrained needs a transformers model (one with a .config)")
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    layers, shared = {}, {}  # shared: a SparseLinear registered under a second name -> its first name
-    for name, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, SparseLinear):
-            first = next((n for n in layers if model.get_submodule(n) is m), None)
-            if first is None:
-                layers[name] = _layer_record(m)
-            else:
-                shared[name] = first
+    layers, shared = _sparse_layers(model)
     state = {k: v for k, v in model.state_dict().items() if not any(k.startswith(d + ".") for d in shared)}
     tensors, aliases = _unique_tensors(state)
     shards = _plan_shards(tensors, layers, _parse_size(max_shard_size))
@@ -70,6 +66,7 @@ def save_pretrained(model: nn.Module, save_directory, max_shard_size: int | str 
         if ct.sparsity_config_of({key: config_dict.get(key)}) and not config_dict[key].get("config_groups"):
             config_dict.pop(key)
     config_dict[SPARSITY_KEY] = _sparsity_entry(layers, aliases, shared)
+    hf.mark_config(config_dict, bool(layers or shared))  # quant_method "flashllm": transformers loads it too
     _write_json(out / CONFIG_NAME, config_dict)
     _save_side_files(model, out, tokenizer)
     return out
@@ -88,6 +85,25 @@ def _unique_tensors(state: dict[str, torch.Tensor]):
         seen[key] = name
         tensors[name] = t
     return tensors, aliases
+
+
+def _sparse_layers(model: nn.Module) -> tuple[dict, dict]:
+    """{module name: record} of the SparseLinear layers, and {second name: first name} of one registered twice."""
+    layers, shared = {}, {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, SparseLinear):
+            first = next((n for n in layers if model.get_submodule(n) is m), None)
+            if first is None:
+                layers[name] = _layer_record(m)
+            else:
+                shared[name] = first
+    return layers, shared
+
+
+def sparsity_entry_of(model: nn.Module) -> dict:
+    """config.json's `sparsity_config` for `model` as it is (tied tensors left to transformers)."""
+    layers, shared = _sparse_layers(model)
+    return _sparsity_entry(layers, {}, shared)
 
 
 def _layer_record(layer: SparseLinear) -> dict:
