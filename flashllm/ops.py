@@ -1,9 +1,11 @@
-"""`flashllm.spmm`: the one entry point; checks inputs, then picks the GPU kernel or the reference."""
+"""`flashllm.spmm`: the one entry point; checks inputs, then picks the GPU kernel, the CPU path
+(`flashllm.cpu`) or, on any other device, the reference."""
 
 from __future__ import annotations
 
 import torch
 
+from .cpu import spmm_cpu
 from .formats import SparseWeight
 from .kernels import dispatch
 from .kernels.reference import spmm_reference
@@ -43,6 +45,8 @@ def spmm(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> 
     x2 = x.reshape(-1, w.shape[1])
     if x.is_cuda:
         y = dispatch.spmm_cuda(x2, w, bias)
+    elif x.device.type == "cpu":
+        y = spmm_cpu(x2, w, bias)
     else:
         y = spmm_reference(x2, w, bias)
     return y.reshape(*lead, w.shape[0])
