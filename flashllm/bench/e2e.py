@@ -38,11 +38,19 @@ from pathlib import Path
 import torch
 
 from flashllm.engine import Generator, from_hf, preset, random_model, to_hf_config
-from flashllm.engine.presets import PRESETS
+from flashllm.engine.args import ModelArgs
+from flashllm.engine.presets import PRESETS as ENGINE_PRESETS, llama
 from flashllm.formats import FORMATS
 from flashllm.engine.tp import finish_worker, in_worker, init_tp, relaunch, time_all_reduce, worker_world
 
 GB = 1e9
+# Shapes the bench knows beside the engine's presets. smollm2-135m (HuggingFaceTB/SmolLM2-135M's config): a
+# ~135M-parameter Llama, small enough to generate with on the CPU.
+BENCH_SHAPES = {
+    "smollm2-135m": llama(576, 30, 9, 3, 1536, vocab=49152, positions=8192, theta=100000.0,
+                          llama3_scaling=False).replace(tie_embeddings=True),
+}
+PRESETS = {**ENGINE_PRESETS, **BENCH_SHAPES}
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -330,12 +338,29 @@ def plot(result: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+CPU_PARAMETERS = 200e6  # the CPU path checks results; beyond this size a default run takes minutes
+
+
+def default_model(device: torch.device, dtype: torch.dtype) -> str:
+    """The largest preset that fits `device`: weights within 3/4 of a GPU's memory (room for the KV cache
+    of the default batches), or at most CPU_PARAMETERS parameters on the CPU."""
+    if device.type == "cuda":
+        budget = 0.75 * torch.cuda.get_device_properties(device).total_memory
+    else:
+        budget = CPU_PARAMETERS * dtype.itemsize
+    sizes = {name: dense_weight_bytes(args, dtype) for name, args in PRESETS.items()}
+    fitting = [name for name, size in sizes.items() if size <= budget]
+    return max(fitting, key=sizes.get) if fitting else min(sizes, key=sizes.get)
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="flashllm bench e2e", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="opt-30b", choices=sorted(PRESETS), help="model preset (default opt-30b)")
+    ap.add_argument("--model", default=None, choices=sorted(PRESETS),
+                    help="model preset (default: on a GPU the largest whose weights take at most 3/4 of its memory, "
+                         "opt-30b on 80 GB; on the CPU the largest of at most 200M parameters)")
     ap.add_argument("--layers", type=int, default=None, help="override the number of layers (quick runs)")
-    ap.add_argument("--batch", default="8,16,32,64", help="batch sizes (default 8,16,32,64)")
+    ap.add_argument("--batch", default=None, help="batch sizes (default 8,16,32,64 on a GPU, 1,8 on the CPU)")
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens (default 64)")
     ap.add_argument("--new", type=int, default=128, help="new tokens (default 128)")
     ap.add_argument("--sparsities", default="0.5,0.7,0.8,0.9", help="sparse variants (default 0.5,0.7,0.8,0.9)")
@@ -343,7 +368,8 @@ def parse_args(argv):
                     help="compressed format (auto: pairmap from 65%% sparsity, else the smaller of bitmap and tiled_csl; "
                          "sell from 85%% when the largest batch is <= 16)")
     ap.add_argument("--variants", default="hf,dense,sparse", help="any of hf,dense,sparse (default all)")
-    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                    help="dtype of the weights and activations (default float16)")
     ap.add_argument("--device", default=None, help="cuda (default when available), cuda:1, cpu (smoke runs)")
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", help="decode eagerly")
     ap.add_argument("--no-fuse", dest="fuse", action="store_false", help="keep q/k/v and gate/up as separate linears")
@@ -354,7 +380,14 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     if a.tp is not None and a.tp < 1:
         ap.error(f"--tp must be >= 1, got {a.tp}")
-    a.batch = [int(b) for b in a.batch.split(",")]
+    from flashllm.cli import resolve_device
+    try:
+        device = torch.device(resolve_device(a.device))
+    except ValueError as e:
+        ap.error(str(e))
+    if a.model is None:
+        a.model = default_model(device, getattr(torch, a.dtype))
+    a.batch = [int(b) for b in (a.batch or ("8,16,32,64" if device.type == "cuda" else "1,8")).split(",")]
     a.sparsities = [float(s) for s in a.sparsities.split(",") if s]
     a.variants = set(a.variants.split(","))
     if a.variants - {"hf", "dense", "sparse"}:
@@ -385,12 +418,19 @@ def bench(a: argparse.Namespace) -> dict:
     finish_worker(0)  # an exception above propagates instead, and torchrun reports the failure
 
 
+def model_args(name: str, n_layers: int | None) -> ModelArgs:
+    """A preset's or bench shape's args, optionally with another number of layers."""
+    if name not in BENCH_SHAPES:
+        return preset(name, n_layers)
+    return BENCH_SHAPES[name].replace(n_layers=n_layers) if n_layers else BENCH_SHAPES[name]
+
+
 def _bench(a: argparse.Namespace) -> dict:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     dtype = getattr(torch, a.dtype)
-    args = preset(a.model, a.layers)
+    args = model_args(a.model, a.layers)
     if a.prompt + a.new > args.max_positions:
         raise SystemExit(f"prompt + new tokens exceed {a.model}'s {args.max_positions} positions")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'host'})"

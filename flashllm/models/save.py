@@ -43,7 +43,7 @@ def save_pretrained(model: nn.Module, save_directory, max_shard_size: int | str 
     layers, shared = _sparse_layers(model)
     state = {k: v for k, v in model.state_dict().items() if not any(k.startswith(d + ".") for d in shared)}
     tensors, aliases = _unique_tensors(state)
-    shards = _plan_shards(tensors, layers, _parse_size(max_shard_size))
+    shards = _plan_shards(tensors, layers, parse_size(max_shard_size))
     for old in list(out.glob("model*.safetensors")) + [out / INDEX_NAME]:
         old.unlink(missing_ok=True)  # shards of an earlier save would mix with ours
 
@@ -123,15 +123,20 @@ def _sparsity_entry(layers: dict, aliases: dict, shared: dict) -> dict:
             "layers": layers, "aliases": aliases, "shared_layers": shared}
 
 
-def _parse_size(size: int | str) -> int:
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, re.IGNORECASE)
-    if not match:
-        raise ValueError(f"max_shard_size {size!r}: expected bytes or a size like '500MB' or '2GB'")
-    unit = (match.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
-    return int(float(match.group(1)) * scale)
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a size like '500MB', '2GB' or '1.5GiB'; ValueError for anything else or < 1 byte."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
+        if not match:
+            raise ValueError(f"max_shard_size {size!r}: expected bytes or a size like '500MB' or '2GB'")
+        unit = (match.group(2) or "B").upper()
+        scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+        value = int(float(match.group(1)) * scale)
+    if value < 1:
+        raise ValueError(f"max_shard_size {size!r}: must be at least 1 byte")
+    return value
 
 
 def _plan_shards(tensors: dict, layers: dict, limit: int) -> list[list[str]]:
