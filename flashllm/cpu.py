@@ -14,6 +14,7 @@ computes in fp32 and rounds once to x's dtype, like the reference.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 
@@ -107,17 +108,18 @@ def _columns(x: torch.Tensor) -> torch.Tensor:
 def spmm_cpu(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [N, K] @ W^T (+ bias [M]) -> [N, M] on the CPU: fp32 accumulate, rounded once to x's dtype."""
     n = x.shape[0]
+    out = x.new_empty(n, w.shape[0])
     if n == 0:
-        return x.new_empty(0, w.shape[0])
+        return out
     # A zero weight times Inf or NaN is NaN in dense math; the sparse product never multiplies the
     # zeros, so an x holding either is left to the reference. The sum is non-finite exactly then (or on
     # fp32 overflow of finite values, which the reference handles as well).
-    if not torch.isfinite(x.sum(dtype=torch.float32)):
+    if not math.isfinite(x.sum(dtype=torch.float32).item()):
         return spmm_reference(x, w, bias)
     csr = csr_of(w)
     parts = [(csr @ _columns(x[i:i + CHUNK_TOKENS]))[:, :min(CHUNK_TOKENS, n - i)].T
              for i in range(0, n, CHUNK_TOKENS)]
-    y = parts[0] if len(parts) == 1 else torch.cat(parts)  # [N, M]
+    y = parts[0] if len(parts) == 1 else torch.cat(parts)  # [N, M] fp32
     if bias is not None:
-        y = y + bias.to(torch.float32)
-    return x.new_empty(y.shape).copy_(y)  # contiguous, rounded once to x's dtype
+        y = y + bias  # promoted to fp32: the bias joins before the one rounding
+    return out.copy_(y)  # contiguous, rounded once to x's dtype
