@@ -2,6 +2,7 @@
 
   kernel     SpMM kernels against cuBLAS over the Flash-LLM paper's shapes, every format (--large-n: prefill sizes)
   e2e        generation end to end: Hugging Face, the engine dense and sparse (--tp G: tensor parallel)
+  hf         transformers' generate with SparseLinear layers, eager and compiled, against dense
   encode     compress / decompress / validate speed of every format (CPU or GPU)
   step       one decode step's GPU time by kernel
   attention  the decode-attention kernel against cuDNN SDPA
@@ -13,7 +14,7 @@ import importlib
 import sys
 
 COMMANDS = {name: f"flashllm.bench.{name}" for name in
-            ("kernel", "e2e", "encode", "step", "attention", "quality", "probe")}
+            ("kernel", "e2e", "hf", "encode", "step", "attention", "quality", "probe")}
 
 
 def main(argv=None):
