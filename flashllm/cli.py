@@ -1,4 +1,4 @@
-"""The `flashllm` command: convert, info and generate, plus the `demo` and `bench` entry points.
+"""The `flashllm` command: convert, info, generate and eval, plus the `demo` and `bench` entry points.
 
 Heavy imports (transformers, the models) happen inside the commands so `flashllm --help` stays quick.
 Every argument is checked before a model is loaded, and every error is one line on stderr,
@@ -61,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--method", choices=("magnitude", "wanda", "sparsegpt", "none"), default=None,
                          help="pruning method; wanda and sparsegpt need --calibration; 'none' compresses the zeros "
                               "the weights already hold (default wanda)")
-    convert.add_argument("--calibration", metavar="FILE",
-                         help="text file, one calibration sample per line (needed by wanda and sparsegpt)")
+    convert.add_argument("--calibration", metavar="PATH",
+                         help="calibration text for wanda and sparsegpt: a text file, or a folder of .txt/.md/.rst "
+                              "files; the text is tokenized as one sequence and cut into windows")
+    convert.add_argument("--calibration-samples", type=int, default=128, metavar="N",
+                         help="calibration windows drawn from the text (default 128; fewer if the text is shorter)")
+    convert.add_argument("--calibration-tokens", type=int, default=512, metavar="T",
+                         help="tokens per calibration window (default 512)")
+    convert.add_argument("--seed", type=int, default=0, help="which calibration windows are drawn (default 0)")
     convert.add_argument("--format", choices=("auto", "tiled_csl", "bitmap", "sell", "pairmap"), default="auto",
                          help="compressed format (default auto: pairmap from 65%% sparsity, else the smaller of "
                               "bitmap and tiled_csl, per layer; sell from 85%% with --max-tokens <= 16)")
@@ -116,6 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
                                "their 16-bit values, and with float32 a layer whose values are not exactly 16-bit "
                                "stays dense")
     generate.set_defaults(run=run_generate)
+
+    evaluate = commands.add_parser("eval", help="perplexity of a checkpoint on a text corpus",
+                                   description="Perplexity of DIR (a flashllm, dense or plain transformers causal "
+                                   "LM folder) on the text of --data, tokenized as one sequence and scored in windows "
+                                   "of --window tokens; with --stride < --window each window scores only its last "
+                                   "--stride tokens, the rest being context.")
+    evaluate.add_argument("dir", metavar="DIR", help="checkpoint folder with its tokenizer files")
+    evaluate.add_argument("--data", required=True, metavar="PATH",
+                          help="text file, or a folder of .txt/.md/.rst files (joined by blank lines)")
+    evaluate.add_argument("--window", type=int, default=512, metavar="T", help="tokens per window (default 512)")
+    evaluate.add_argument("--stride", type=int, default=None, metavar="S",
+                          help="tokens between window starts, in [1, --window] (default: --window, no overlap)")
+    evaluate.add_argument("--max-windows", type=int, default=None, metavar="N",
+                          help="score only the first N windows (a quick estimate)")
+    evaluate.add_argument("--batch-size", type=int, default=1, metavar="B", help="windows per forward (default 1)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_device(evaluate)
+    evaluate.add_argument("--dtype", choices=DTYPES, default="auto",
+                          help="type the model computes in (default auto: as stored)")
+    evaluate.set_defaults(run=run_eval)
 
     commands.add_parser("demo", help="the end-to-end demo (run `flashllm demo --help` for its options)")
     bench = commands.add_parser("bench", help="kernel and model benchmarks", description="Benchmarks; "
@@ -222,8 +248,21 @@ def _check_report(path: str | None, source: Path) -> None:
         raise UsageError(f"--report {path} would overwrite a file of the input folder")
 
 
-def _calibration(args, method: str, config: dict) -> list[str] | None:
-    """The calibration samples, or None for a method that takes none; every problem is a UsageError."""
+def _text_source(flag: str, value: str) -> Path:
+    """A text file or a folder of text files, readable as UTF-8; every problem is a UsageError."""
+    from flashllm.prune import read_corpus
+    path = Path(value)
+    if not path.exists():
+        raise UsageError(f"{flag} {value}: file or folder does not exist")
+    try:
+        read_corpus(path)
+    except ValueError as e:
+        raise UsageError(f"{flag} {e}") from None
+    return path
+
+
+def _calibration(args, method: str, config: dict) -> Path | None:
+    """The calibration text's path, or None for a method that takes none; every problem is a UsageError."""
     named = f"--method {method}" + ("" if args.method else " (the default)")
     if method not in CALIBRATED:
         if args.calibration:
@@ -233,21 +272,11 @@ def _calibration(args, method: str, config: dict) -> list[str] | None:
         raise UsageError(f"{named} calibrates decoder-only models, and {args.model_dir} is an encoder-decoder "
                          f"model ({config.get('model_type')}): use --method magnitude")
     if not args.calibration:
-        raise UsageError(f"{named} needs --calibration FILE, a text file with one calibration sample per line; "
+        raise UsageError(f"{named} needs --calibration PATH, a text file or folder of calibration text; "
                          "--method magnitude prunes without one")
-    path = Path(args.calibration)
-    if not path.exists():
-        raise UsageError(f"--calibration {args.calibration}: file does not exist")
-    if not path.is_file():
-        raise UsageError(f"--calibration {args.calibration} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"--calibration {args.calibration}: not UTF-8 text") from None
-    samples = [line for line in text.splitlines() if line.strip()]
-    if not samples:
-        raise UsageError(f"--calibration {args.calibration}: no samples (one per line)")
-    return samples
+    _check_range("--calibration-samples", args.calibration_samples, 1)
+    _check_range("--calibration-tokens", args.calibration_tokens, 2)
+    return _text_source("--calibration", args.calibration)
 
 
 def _shard_size(text: str) -> int:
@@ -288,7 +317,8 @@ def run_convert(args) -> int:
     _refuse_fp16_overflow(model, exclude)
     report = sparsify_(model, sparsity=args.sparsity, method=None if method == "none" else method,
                        calibration=calibration, format=args.format, max_tokens=args.max_tokens, exclude=exclude,
-                       tokenizer=tokenizer, progress=True)
+                       tokenizer=tokenizer, progress=True, calibration_samples=args.calibration_samples,
+                       calibration_tokens=args.calibration_tokens, seed=args.seed)
     _save_atomically(out, lambda folder: save_pretrained(model, folder, max_shard_size=shard_size,
                                                          tokenizer=tokenizer))
     print(_report_text(report))
@@ -378,6 +408,39 @@ def _tokenizer(directory):
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{directory}: cannot load its tokenizer: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+def run_eval(args) -> int:
+    root, config = _model_folder(args.dir)
+    _check_range("--window", args.window, 2)
+    if args.stride is not None:
+        _check_range("--stride", args.stride, 1, args.window)
+    if args.max_windows is not None:
+        _check_range("--max-windows", args.max_windows, 1)
+    _check_range("--batch-size", args.batch_size, 1)
+    if config.get("is_encoder_decoder"):
+        raise UsageError(f"eval scores causal language models; {args.dir} is an encoder-decoder model "
+                         f"({config.get('model_type')})")
+    data = _text_source("--data", args.data)
+    device = resolve_device(args.device)
+    tokenizer = _tokenizer(root)
+
+    from flashllm.eval import perplexity, tokenize
+    from flashllm.models import from_pretrained
+    from flashllm.prune import read_corpus
+    ids = tokenize(tokenizer, read_corpus(data))
+    if ids.numel() < 2:
+        raise UsageError(f"--data {args.data}: {ids.numel()} token(s); perplexity needs at least 2")
+    model = from_pretrained(root, device=device, dtype=_dtype(args.dtype))
+    result = perplexity(model, ids=ids, window=args.window, stride=args.stride, batch_size=args.batch_size,
+                        max_windows=args.max_windows, device=device, progress=True)
+    if args.json:
+        print(json.dumps({"dir": str(root), "data": str(data), **result.to_dict()}, indent=2))
+    else:
+        print(f"{root}: {result}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------- info
