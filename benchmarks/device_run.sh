@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# One device call: GPU tests, then the kernel benchmark; the short table prints last, JSON/PNG go to $OUT.
-# usage (on the device): bash benchmarks/device_run.sh [tests|sanitize|sweep|bench|all] [bench args...]
+# One device call: GPU tests, the sanitizers, then a benchmark; the short table prints last, JSON/PNG go to $OUT.
+# usage (on the device): bash benchmarks/device_run.sh [tests|sanitize|bench|all] [flashllm bench args...]
+#   bench kernel --large-n, bench e2e --model opt-30b ..., bench probe configs ...: any `flashllm bench` table
+#   (all: tests, sanitize, then `flashllm bench kernel`)
 # tests: FLASHLLM_SEED fixes the GPU tests' seed; FLASHLLM_FUZZ_SECONDS the fuzz test's budget (150).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD FLASHLLM_CACHE_DIR=${FLASHLLM_CACHE_DIR:-/tmp/flashllm-cache}
+# Tensor parallel (bench e2e --tp): NVLink multicast off, which these machines do not provide
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 what=${1:-all}; shift || true
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
@@ -21,9 +25,8 @@ if [[ $what == sanitize || $what == all ]]; then
     echo "compute-sanitizer $tool ($set): exit code ${PIPESTATUS[0]}, $((SECONDS - start)) s"
   done
 fi
-if [[ $what == sweep ]]; then
-  python3 benchmarks/sweep_configs.py "$@" 2>&1 | tee "$OUT/sweep.log"
-fi
-if [[ $what == bench || $what == all ]]; then
-  python3 -m flashllm.bench kernel --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" | grep -v '^[0-9]*x[0-9]* N=' 
+if [[ $what == bench ]]; then
+  python3 -m flashllm.bench "$@" --out "$OUT" 2>&1 | tee "$OUT/bench.log" | grep -v '^[0-9]*x[0-9]* N='
+elif [[ $what == all ]]; then
+  python3 -m flashllm.bench kernel --out "$OUT" 2>&1 | tee "$OUT/bench.log" | grep -v '^[0-9]*x[0-9]* N='
 fi
