@@ -72,6 +72,11 @@ class FlashLLMDeserialize(ConversionOps):
         return {}
 
 
+def _drop_guard(config) -> None:
+    if getattr(config, hf.GUARD_KEY, None) == hf.GUARD_FILE:
+        delattr(config, hf.GUARD_KEY)
+
+
 def _linear_shape(module: nn.Module) -> tuple[int, int]:
     return (module.nf, module.nx) if is_conv1d(module) else (module.out_features, module.in_features)
 
@@ -111,10 +116,16 @@ class FlashLLMHfQuantizer(HfQuantizer):
                 raise ValueError("flashllm checkpoints cannot mix 'cpu' with accelerators in a device_map "
                                  "(accelerate's CPU offload moves parameters only, not SparseLinear's tensors)")
 
+    # The hooks that see the model config before its weight files are looked up: transformers 5.25 calls
+    # update_attn_implementation, earlier 5.x update_tp_plan. Either drops the guard (the real weights
+    # are the default files).
     def update_attn_implementation(self, config):
-        if getattr(config, hf.GUARD_KEY, None) == hf.GUARD_FILE:
-            delattr(config, hf.GUARD_KEY)  # the real weights are the default files
+        _drop_guard(config)
         return super().update_attn_implementation(config)
+
+    def update_tp_plan(self, config):
+        _drop_guard(config)
+        return getattr(super(), "update_tp_plan", lambda c: c)(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         with torch.device("cpu"):  # transformers builds the skeleton under a meta default device
@@ -186,7 +197,7 @@ class FlashLLMHfQuantizer(HfQuantizer):
             return self.layers[module_name] / max(param.numel(), 1)  # device_map="auto" sizes what is stored
         return super().param_element_size(model, param_name, param)
 
-    def update_weight_conversions(self, weight_conversions, model):
+    def update_weight_conversions(self, weight_conversions, model=None):
         # First: a model's own converters match `<param>.weight`, which would also claim `weight.<key>`.
         ours = WeightConverter(list(SERIALIZED), "weight", [FlashLLMDeserialize(self)])
         return [ours] + list(weight_conversions)
