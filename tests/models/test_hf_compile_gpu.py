@@ -56,7 +56,7 @@ def assert_same_greedy(model, ids, expected, got, what: str) -> None:
             logits = model(input_ids=prefix).logits[0, -1].float()
         a, b = logits[expected[row, i]], logits[got[row, i]]
         spread = float(logits.max() - logits.min())
-        assert abs(float(a - b)) <= 2e-3 * spread, (
+        assert abs(float(a - b)) <= 5e-3 * spread, (
             f"{what}: row {row} parts from eager at token {i} ({int(expected[row, i])} vs {int(got[row, i])}) "
             f"where the logits differ by {float(a - b):.4f} (spread {spread:.2f}): not a tie")
 
