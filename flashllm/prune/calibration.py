@@ -4,7 +4,9 @@ Sequential scheme (as in the SparseGPT and Wanda papers): capture the inputs of 
 calibration sample, then for each block i: record its layers' input statistics with hooks, let the
 caller prune them, and run the *pruned* block i to produce block i+1's inputs. Only one block's
 activations are held at a time, and each block is calibrated on what the pruned model before it
-actually produces.
+actually produces. Inside a block the layers go in groups, in the order the block calls them
+(q/k/v, then o, then gate/up, then down for a Llama block): each group is recorded on a pass of the
+block in which the groups before it are already pruned (GPTQ's "true sequential" order).
 """
 
 import contextlib
@@ -236,18 +238,50 @@ def _run_block_by_block(model, blocks, samples, masks, remaining, hessian, on_la
     for i in range(last + 1):
         block = blocks[i]
         here = {name: remaining[name] for name, b in block_of.items() if b == i}
-        if here:
+        # Within the block too, each group of layers is calibrated on what the already pruned
+        # groups before it produce (o_proj after q/k/v, down_proj after gate/up): one block pass per group.
+        for group in _layer_groups(block, here, inputs[0]) if here else []:
             current = {"mask": None}
-            with record_inputs(here, hessian, lambda: current["mask"]) as stats:
+            with record_inputs(group, hessian, lambda: current["mask"]) as stats:
                 for (args, kwargs), mask in zip(inputs, masks):
                     current["mask"] = mask
                     block(*args, **kwargs)
-            for name in here:
+            for name in group:
                 on_layer(name, stats.pop(name))
                 del remaining[name]
         if i < last:
             inputs = [_with_hidden(args, kwargs, _hidden_out(block(*args, **kwargs))) for args, kwargs in inputs]
         after_block()
+
+
+def _layer_groups(block, layers, sample) -> list[dict]:
+    """`layers` of one block in the order the block first calls them, grouped where consecutive layers
+    read the very same input tensor (q/k/v, gate/up): such layers are independent of each other.
+    Layers the sample never reaches form a last group."""
+    order, first_input = [], {}
+
+    def hook(name):
+        def record(_module, args):
+            if name not in first_input:
+                first_input[name] = args[0] if args else None
+                order.append(name)
+        return record
+
+    handles = [layers[name].register_forward_pre_hook(hook(name)) for name in layers]
+    try:
+        args, kwargs = sample
+        block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups = []
+    for name in order:
+        if groups and first_input[name] is not None and first_input[name] is first_input[next(iter(groups[-1]))]:
+            groups[-1][name] = layers[name]
+        else:
+            groups.append({name: layers[name]})
+    unseen = {name: layer for name, layer in layers.items() if name not in first_input}
+    return groups + ([unseen] if unseen else [])
 
 
 def _token_mask(kwargs) -> torch.Tensor | None:

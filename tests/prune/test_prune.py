@@ -248,10 +248,10 @@ def test_calibration_sees_the_pruned_earlier_blocks(chained):
         # after_block (where sparsify_ swaps in compressed layers) follows each block, not the model.
         assert " ".join(events) == "blocks.0.up blocks.0.down | blocks.1.up blocks.1.down | " \
                                    "blocks.2.up blocks.2.down | head |"
-        # Each block's first layer, and the head after the stack, must see what the model with every
-        # earlier block pruned produces (layers of one block share one pass, so `down` is not checked).
+        # Every layer must see what the model with every earlier layer pruned produces: the blocks
+        # before it, and within its block the layers it reads from (`down` after `up`).
         expected = record(model, layers, samples)
-        checked = ["blocks.0.up", "blocks.1.up", "blocks.2.up", "head"]
+        checked = list(layers)
         assert not torch.allclose(expected["head"].sq_sum, dense_stats["head"].sq_sum)
     else:
         # Blocks that do not feed each other cannot be streamed: one whole-model pass, dense inputs.
@@ -266,3 +266,19 @@ def test_find_blocks_picks_the_layer_stack():
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert find_blocks(model, layers) is model.blocks
     assert find_blocks(model, {"head": model.head}) is None
+
+
+def test_llama_block_layers_are_calibrated_in_call_order_groups():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from flashllm.prune.calibration import _capture_inputs, _layer_groups
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    block = model.model.layers[0]
+    layers = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    with torch.no_grad():
+        (sample,) = _capture_inputs(model, block, prepare_samples([torch.randint(32, (8,))]))
+        groups = _layer_groups(block, layers, sample)
+    assert [sorted(g) for g in groups] == [["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
+                                           ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
