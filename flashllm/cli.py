@@ -536,7 +536,7 @@ def _print_generation(tokenizer, ids: list[int], new: list[int], seconds: float,
     speed on stderr, so that piping the text stays clean."""
     print(tokenizer.decode(new if reply_only else ids + new, skip_special_tokens=True), flush=True)
     rate = len(new) / seconds if seconds > 0 else float("inf")
-    print(f"{len(new)} tokens in {seconds:.2f} s: {rate:.1f} tokens/s (prompt {len(ids)} tokens)", file=sys.stderr)
+    print(f"{len(new)} tokens in {seconds:.2f} s: {rate:.3g} tokens/s (prompt {len(ids)} tokens)", file=sys.stderr)
 
 
 def _generate_tensor_parallel(args) -> int:
