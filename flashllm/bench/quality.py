@@ -61,6 +61,8 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=8, help="evaluation windows per forward (default 8)")
     p.add_argument("--storage-sparsity", type=float, default=0.5,
                    help="sparsity of the fp16/bf16 storage rows (default 0.5; negative: skip them)")
+    p.add_argument("--storage-methods", default=",".join(METHODS),
+                   help="methods that get the storage rows (default all three)")
     p.add_argument("--layer-errors", action="store_true", help="also measure per-layer reconstruction errors")
     p.add_argument("--layer-sparsities", default="0.5,0.7", help="sparsities of the layer errors (default 0.5,0.7)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cuda if available)")
@@ -282,7 +284,7 @@ def main(argv=None) -> int:
                    / sum(r.shape[0] * r.shape[1] for r in report), **evaluate(model, ids, args, device)}
             rows.append(row)
             log(f"{method} {sparsity:.0%}: ppl {row['ppl']:.3f} (pruned in {seconds:.0f} s)")
-            if math.isclose(sparsity, args.storage_sparsity):
+            if math.isclose(sparsity, args.storage_sparsity) and method in args.storage_methods.split(","):
                 for r in storage_rows(dense, model, method, sparsity, windows, ids, args, device, tokenizer):
                     rows.append(r)
                     log(f"  {r['storage']}: ppl {r['ppl_in_memory']:.4f} in memory, {r['ppl']:.4f} from the "

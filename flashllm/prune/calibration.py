@@ -240,12 +240,16 @@ def _run_block_by_block(model, blocks, samples, masks, remaining, hessian, on_la
         here = {name: remaining[name] for name, b in block_of.items() if b == i}
         # Within the block too, each group of layers is calibrated on what the already pruned
         # groups before it produce (o_proj after q/k/v, down_proj after gate/up): one block pass per group.
-        for group in _layer_groups(block, here, inputs[0]) if here else []:
+        groups, calls = _layer_groups(block, here, inputs[0]) if here else ([], {})
+        for group in groups:
             current = {"mask": None}
-            with record_inputs(group, hessian, lambda: current["mask"]) as stats:
+            with record_inputs(group, hessian, lambda: current["mask"]) as stats, _stop_after(group, calls):
                 for (args, kwargs), mask in zip(inputs, masks):
                     current["mask"] = mask
-                    block(*args, **kwargs)
+                    try:
+                        block(*args, **kwargs)
+                    except _StopForward:
+                        pass
             for name in group:
                 on_layer(name, stats.pop(name))
                 del remaining[name]
@@ -254,14 +258,15 @@ def _run_block_by_block(model, blocks, samples, masks, remaining, hessian, on_la
         after_block()
 
 
-def _layer_groups(block, layers, sample) -> list[dict]:
+def _layer_groups(block, layers, sample) -> tuple[list[dict], dict]:
     """`layers` of one block in the order the block first calls them, grouped where consecutive layers
     read the very same input tensor (q/k/v, gate/up): such layers are independent of each other.
-    Layers the sample never reaches form a last group."""
-    order, first_input = [], {}
+    Layers the sample never reaches form a last group. Also returns how often each layer was called."""
+    order, first_input, calls = [], {}, dict.fromkeys(layers, 0)
 
     def hook(name):
         def record(_module, args):
+            calls[name] += 1
             if name not in first_input:
                 first_input[name] = args[0] if args else None
                 order.append(name)
@@ -281,7 +286,32 @@ def _layer_groups(block, layers, sample) -> list[dict]:
         else:
             groups.append({name: layers[name]})
     unseen = {name: layer for name, layer in layers.items() if name not in first_input}
-    return groups + ([unseen] if unseen else [])
+    return groups + ([unseen] if unseen else []), calls
+
+
+@contextlib.contextmanager
+def _stop_after(group, calls):
+    """Within the block, raise _StopForward once every layer of `group` has run as often as it does in
+    a whole pass: the rest of the block is not needed to record the group's inputs."""
+    if any(calls.get(name, 0) == 0 for name in group):  # a layer never reached: let the block finish
+        yield
+        return
+    seen = dict.fromkeys(group, 0)
+
+    def hook(name):
+        def after(_module, _args, _output):
+            seen[name] += 1
+            if all(seen[n] >= calls[n] for n in group):
+                seen.update(dict.fromkeys(group, 0))
+                raise _StopForward
+        return after
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in group.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _token_mask(kwargs) -> torch.Tensor | None:

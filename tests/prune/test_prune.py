@@ -279,6 +279,7 @@ def test_llama_block_layers_are_calibrated_in_call_order_groups():
     layers = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
     with torch.no_grad():
         (sample,) = _capture_inputs(model, block, prepare_samples([torch.randint(32, (8,))]))
-        groups = _layer_groups(block, layers, sample)
+        groups, calls = _layer_groups(block, layers, sample)
+    assert set(calls.values()) == {1}
     assert [sorted(g) for g in groups] == [["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
                                            ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
