@@ -1,8 +1,8 @@
 """`flashllm bench hf`: transformers' own `generate` with SparseLinear layers, against the same model dense.
 
 For a model preset with random weights (default llama-3-8b; --layers to cut it), a prompt of P tokens,
-N new tokens, greedy, each batch size and each variant (dense, then every block linear pruned by
-magnitude to each --sparsities value and swapped for SparseLinear with flashllm.sparsify_):
+N new tokens, greedy, each batch size and each variant (dense, and every block linear pruned by
+magnitude to each other --sparsities value and swapped for SparseLinear with flashllm.sparsify_):
   eager     model.generate out of the box (SDPA, dynamic cache)
   compiled  model.generate(cache_implementation="static", compile_config=CompileConfig(fullgraph=True,
             mode="reduce-overhead")): transformers compiles the decode step, CUDA graphs on a GPU (on the
@@ -199,7 +199,8 @@ def parse_args(argv):
     ap.add_argument("--batch", default="1,8", help="batch sizes (default 1,8)")
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens (default 64)")
     ap.add_argument("--new", type=int, default=64, help="new tokens (default 64)")
-    ap.add_argument("--sparsities", default="0.5,0.7,0.8", help="sparse variants beside dense (default 0.5,0.7,0.8)")
+    ap.add_argument("--sparsities", default="0,0.5,0.7,0.8",
+                    help="variants, 0 being dense (default 0,0.5,0.7,0.8; split a long run, e.g. 0,0.5 then 0.7,0.8)")
     ap.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="compressed format (default auto)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"any of {','.join(PATHS)} (default all)")
     ap.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
@@ -221,8 +222,8 @@ def parse_args(argv):
         ap.error(f"--paths: expected some of {','.join(PATHS)}")
     if a.dtype is None:
         a.dtype = "float16" if a.device.startswith("cuda") else "float32"
-    if any(not 0 < s < 1 for s in a.sparsities) or any(b < 1 for b in a.batch) or a.reps < 1 or a.new < 2:
-        ap.error("sparsities in (0, 1), batch sizes >= 1, --reps >= 1 and --new >= 2")
+    if any(not 0 <= s < 1 for s in a.sparsities) or any(b < 1 for b in a.batch) or a.reps < 1 or a.new < 2:
+        ap.error("sparsities in [0, 1), batch sizes >= 1, --reps >= 1 and --new >= 2")
     return a
 
 
@@ -240,7 +241,7 @@ def bench(a: argparse.Namespace) -> dict:
     print(f"# {name}: {a.model} ({args.n_layers} layers), prompt {a.prompt}, {a.new} new tokens, {a.dtype}", flush=True)
     prompts = torch.randint(4, args.vocab_size, (max(a.batch), a.prompt), generator=torch.Generator().manual_seed(0))
     rows = []
-    for sparsity in [0.0, *a.sparsities]:
+    for sparsity in dict.fromkeys(a.sparsities):
         rows += run_variant(args, sparsity, prompts, a, device, dtype)
     import transformers
     result = dict(model=a.model, layers=args.n_layers, args=args.to_dict(), device=name, date=str(date.today()),

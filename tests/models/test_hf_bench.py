@@ -8,7 +8,7 @@ from flashllm import cli
 from flashllm.bench import hf as bench_hf
 
 TINY = ["--model", "llama-tiny", "--layers", "1", "--batch", "1,2", "--prompt", "8", "--new", "3",
-        "--sparsities", "0.5", "--device", "cpu", "--reps", "1"]
+        "--sparsities", "0,0.5", "--device", "cpu", "--reps", "1"]
 
 
 def test_bench_hf_smoke(tmp_path, capsys):
