@@ -9,12 +9,13 @@ For each method and sparsity the dense model is pruned with sparsify_ (calibrati
 windows of --tokens tokens drawn from calibration.txt with --seed, the same windows for every
 method), and its perplexity on eval.txt is measured in windows of --window tokens (flashllm.eval).
 Values are stored as float16 (sparsify_'s default for a float32 model) and the model computes in
-float32, as the dense model does.
+float32, as the dense model does, with dense layers holding the pruned values (the same layers,
+calibration and rounding as sparsify_, which prune() reuses; the sparse CPU path is far slower).
 
-Storage: at --storage-sparsity, each method's checkpoint is also written with values stored as
-float16 and as bfloat16 (flashllm save_pretrained), read back with from_pretrained and evaluated, next
-to the same pruned weights kept as float32: fp16 storage should leave perplexity unchanged, bf16
-storage moves it by its rounding.
+Storage: at --storage-sparsity, each of --storage-methods is pruned with values stored as float16
+and as bfloat16, compressed, written with save_pretrained, read back with from_pretrained (checked
+bit-identical) and evaluated again; and the dense model with its weights rounded to each type shows
+what 16-bit storage alone costs.
 
 Layer errors (--layer-errors): one sequential calibration pass in which every linear layer, given
 the same input statistics, is pruned by all three methods; for each, the relative output error on the
@@ -83,12 +84,40 @@ def evaluate(model, ids, args, device) -> dict:
 
 
 def prune(dense, method, sparsity, windows, dtype=torch.float16):
-    from flashllm.sparsify import sparsify_
+    """A copy of `dense` pruned exactly as sparsify_ prunes it (same layers, same calibration pass, the
+    values rounded to the storage dtype), its layers left dense: what the model computes does not
+    depend on how the zeros are stored (storage_rows checks that), and on a CPU a dense matmul is much
+    faster than the sparse path. Returns (model, stored sparsity, seconds)."""
+    from flashllm.nn import dense_weight_of
+    from flashllm.prune import calibrate_sequentially, prepare_samples
+    from flashllm.sparsify import SparsifyReport, _prune, _select_layers
+
     model = copy.deepcopy(dense)
     t0 = time.perf_counter()
-    report = sparsify_(model, sparsity=sparsity, method=method, calibration=windows if method != "magnitude" else None,
-                       dtype=dtype, progress=False)
-    return model, report, time.perf_counter() - t0
+    targets = _select_layers(model, sparsity, None, ("lm_head",), SparsifyReport(method))
+    zeros = total = 0
+
+    def on_layer(name, stats=None):
+        nonlocal zeros, total
+        weight = dense_weight_of(targets[name][0])
+        pruned = _prune(name, weight, sparsity, method, stats)
+        with torch.no_grad():
+            weight.copy_(pruned.to(dtype))
+        zeros += int((weight == 0).sum())
+        total += weight.numel()
+
+    if method == "magnitude":
+        for name in targets:
+            on_layer(name)
+    else:
+        layers = {name: t[0] for name, t in targets.items()}
+        calibrate_sequentially(model, prepare_samples(windows, device=_device_of(model)), layers,
+                               method == "sparsegpt", on_layer)
+    return model, zeros / total, time.perf_counter() - t0
+
+
+def _device_of(model):
+    return next(model.parameters()).device
 
 
 def storage_rows(dense, pruned_fp16, method, sparsity, windows, ids, args, device, tokenizer) -> list[dict]:
@@ -97,22 +126,45 @@ def storage_rows(dense, pruned_fp16, method, sparsity, windows, ids, args, devic
     from flashllm.models import from_pretrained, save_pretrained
     from flashllm.nn import SparseLinear
 
+    from flashllm.sparsify import sparsify_
+
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
         model = pruned_fp16 if dtype == torch.float16 else prune(dense, method, sparsity, windows, dtype)[0]
         in_memory = evaluate(model, ids, args, device)
+        # The pruned values (already 16-bit) compressed as they are, written and read back.
+        compressed = copy.deepcopy(model)
+        sparsify_(compressed, sparsity=0.0, method=None, dtype=dtype, progress=False)
         with tempfile.TemporaryDirectory() as folder:
-            save_pretrained(model, folder, tokenizer=tokenizer)
+            save_pretrained(compressed, folder, tokenizer=tokenizer)
             loaded = from_pretrained(folder, device=device, dtype=torch.float32)
-        before = {n: m.weight.to_dense() for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+        before = {n: m.weight.to_dense() for n, m in compressed.named_modules() if isinstance(m, SparseLinear)}
         after = {n: m.weight.to_dense() for n, m in loaded.named_modules() if isinstance(m, SparseLinear)}
         identical = before.keys() == after.keys() and all(
             after[n].dtype == w.dtype and torch.equal(after[n], w) for n, w in before.items())
-        reloaded = evaluate(loaded, ids, args, device)
+        reloaded = evaluate(_densified(loaded), ids, args, device)
         rows.append({"method": method, "sparsity": sparsity, "storage": str(dtype).removeprefix("torch."),
                      "ppl_in_memory": in_memory["ppl"], "checkpoint_bit_identical": identical, **reloaded})
-        del loaded
+        del loaded, compressed
     return rows
+
+
+def _densified(model):
+    """`model` with every SparseLinear replaced by an nn.Linear holding its stored values as float32."""
+    from torch import nn
+
+    from flashllm.nn import SparseLinear
+    for name, module in list(model.named_modules()):
+        if isinstance(module, SparseLinear):
+            weight = module.weight.to_dense().float()
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, device=weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias.float())
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, linear)
+    return model
 
 
 def rounded_dense_rows(dense, ids, args, device) -> list[dict]:
@@ -188,8 +240,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     storage = [r for r in rows if r.get("storage")]
     if storage:
-        lines += ["", "Values stored as float16 vs bfloat16 (each a full sparsify_ run with that dtype; the "
-                  "checkpoint written with save_pretrained, read back with from_pretrained and evaluated again). "
+        lines += ["", "Values stored as float16 vs bfloat16 (pruned with values rounded to that type, compressed, "
+                  "written with save_pretrained, read back with from_pretrained and evaluated again). "
                   "Dense rows: the dense weights rounded to the type, no pruning.", "",
                   "| method | sparsity | values | perplexity in memory | perplexity from the checkpoint | "
                   "checkpoint bit-identical |",
@@ -278,10 +330,9 @@ def main(argv=None) -> int:
             log(f"dense, weights rounded to {r['storage']}: ppl {r['ppl']:.4f}")
     for sparsity in sparsities:
         for method in methods:
-            model, report, seconds = prune(dense, method, sparsity, windows)
+            model, stored_sparsity, seconds = prune(dense, method, sparsity, windows)
             row = {"method": method, "sparsity": sparsity, "prune_seconds": seconds,
-                   "stored_sparsity": sum(r.sparsity * r.shape[0] * r.shape[1] for r in report)
-                   / sum(r.shape[0] * r.shape[1] for r in report), **evaluate(model, ids, args, device)}
+                   "stored_sparsity": stored_sparsity, **evaluate(model, ids, args, device)}
             rows.append(row)
             log(f"{method} {sparsity:.0%}: ppl {row['ppl']:.3f} (pruned in {seconds:.0f} s)")
             if math.isclose(sparsity, args.storage_sparsity) and method in args.storage_methods.split(","):
