@@ -120,7 +120,7 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
-def storage_rows(dense, pruned_fp16, method, sparsity, windows, ids, args, device, tokenizer) -> list[dict]:
+def storage_rows(dense, pruned_fp16, fp16_ppl, method, sparsity, windows, ids, args, device, tokenizer) -> list[dict]:
     """The method's model pruned with values stored as float16 and as bfloat16 (all of sparsify_, each
     its own run), evaluated in memory and after a save_pretrained / from_pretrained round trip."""
     from flashllm.models import from_pretrained, save_pretrained
@@ -130,8 +130,11 @@ def storage_rows(dense, pruned_fp16, method, sparsity, windows, ids, args, devic
 
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
-        model = pruned_fp16 if dtype == torch.float16 else prune(dense, method, sparsity, windows, dtype)[0]
-        in_memory = evaluate(model, ids, args, device)
+        if dtype == torch.float16:
+            model, in_memory = pruned_fp16, {"ppl": fp16_ppl}
+        else:
+            model = prune(dense, method, sparsity, windows, dtype)[0]
+            in_memory = evaluate(model, ids, args, device)
         # The pruned values (already 16-bit) compressed as they are, written and read back.
         compressed = copy.deepcopy(model)
         sparsify_(compressed, sparsity=0.0, method=None, dtype=dtype, progress=False)
@@ -336,7 +339,7 @@ def main(argv=None) -> int:
             rows.append(row)
             log(f"{method} {sparsity:.0%}: ppl {row['ppl']:.3f} (pruned in {seconds:.0f} s)")
             if math.isclose(sparsity, args.storage_sparsity) and method in args.storage_methods.split(","):
-                for r in storage_rows(dense, model, method, sparsity, windows, ids, args, device, tokenizer):
+                for r in storage_rows(dense, model, row["ppl"], method, sparsity, windows, ids, args, device, tokenizer):
                     rows.append(r)
                     log(f"  {r['storage']}: ppl {r['ppl_in_memory']:.4f} in memory, {r['ppl']:.4f} from the "
                         f"checkpoint (bit-identical: {r['checkpoint_bit_identical']})")
