@@ -12,8 +12,8 @@ import sys
 import torch
 
 import flashllm
-from flashllm.kernels import dispatch
-from flashllm.kernels.dispatch import decompress_cuda
+from flashllm.kernels import spmm as dispatch
+from flashllm.kernels.decompress import decompress_cuda
 from flashllm.kernels.norm import row_norm
 
 light = sys.argv[1:] == ["light"]

@@ -22,7 +22,8 @@ DELEGATED = {"demo": ("flashllm.demo", "the end-to-end demo"),
 BENCHMARKS = {"kernel": "flashllm.spmm kernels against dense cuBLAS and PyTorch's sparse peers (GPU)",
               "encode": "encode, decode and validate time of each weight format",
               "e2e": "end-to-end generation: transformers' generate and flashllm's engine, dense and sparse",
-              "hf": "transformers' generate with SparseLinear layers, eager and compiled, against dense"}
+              "hf": "transformers' generate with SparseLinear layers, eager and compiled, against dense",
+              "overhead": "host time of an eager flashllm.spmm / SparseLinear call against F.linear"}
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 CALIBRATED = ("wanda", "sparsegpt")
 

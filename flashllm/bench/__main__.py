@@ -7,6 +7,7 @@
   step       one decode step's GPU time by kernel
   attention  the decode-attention kernel against cuDNN SDPA
   quality    perplexity of a model pruned by magnitude, Wanda and SparseGPT
+  overhead   host time of an eager flashllm.spmm / SparseLinear call against F.linear
   probe      forced configs, source ablations and instruction rates, for the tuning rules (docs/tuning.md)
 """
 
@@ -14,7 +15,7 @@ import importlib
 import sys
 
 COMMANDS = {name: f"flashllm.bench.{name}" for name in
-            ("kernel", "e2e", "hf", "encode", "step", "attention", "quality", "probe")}
+            ("kernel", "e2e", "hf", "encode", "step", "attention", "quality", "overhead", "probe")}
 
 
 def main(argv=None):

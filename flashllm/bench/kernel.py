@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import flashllm
-from flashllm.kernels import dispatch
+from flashllm.kernels.spmm import config_for, spmm_kernel
 
 from .timing import copies_to_defeat_l2, copy_bandwidth, time_graph
 
@@ -98,7 +98,7 @@ def bench_large_n(shape=(12288, 12288), sparsity=0.7, ns=(64, 128, 256, 512, 102
             row = dict(M=m, K=k, N=n, sparsity=sparsity, format=fmt, reps=reps)
             row.update(interleaved_medians({
                 "dense_us": [lambda: F.linear(x, w)],
-                "kernel_us": [lambda c=c: dispatch.spmm_kernel(x, c) for c in copies],
+                "kernel_us": [lambda c=c: spmm_kernel(x, c) for c in copies],
                 "decompress_us": [lambda c=c: dense_matmul(x, c) for c in copies],
                 "dispatch_us": [lambda c=c: flashllm.spmm(x, c) for c in copies]}, reps))
             row["dispatch_vs_dense"] = row["dense_us"] / row["dispatch_us"]
@@ -155,7 +155,7 @@ def run(shapes, ns, sparsities, formats, dtype, peers_at, out_dir, large_n=False
                     x = x_by_n[n]
                     err = rel_err(flashllm.spmm(x, sw), refs[n])
                     us = time_graph([lambda c=c: flashllm.spmm(x, c) for c in copies])
-                    cfg = dispatch.config_for(sw, n)
+                    cfg = config_for(sw, n)
                     row = dict(M=m, K=k, N=n, sparsity=s, format=fmt, us=us, dense_us=dense_us[n],
                                speedup=dense_us[n] / us, bytes=sw.nbytes, bytes_per_elt=sw.nbytes / (m * k),
                                eff_bw_GBs=sw.nbytes / us / 1e3, dense_bw_GBs=2 * m * k / dense_us[n] / 1e3,

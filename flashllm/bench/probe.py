@@ -33,7 +33,9 @@ import torch.nn.functional as F
 import flashllm
 # The library internals this tool drives: the dispatcher's entry points (spmm_forced, config_of), the
 # large-N path, and the JIT's source folder and caches (kernel_sources).
-from flashllm.kernels import dispatch, jit
+from flashllm.kernels import jit
+from flashllm.kernels.programs import program_for
+from flashllm.kernels.spmm import config_for, spmm_kernel
 from flashllm.kernels.decompress import dense_matmul
 
 from . import edits as edit_table
@@ -43,11 +45,11 @@ from .timing import copies_to_defeat_l2, time_graph
 
 def spmm_forced(x, w, overrides: dict):
     """y = x @ W^T through our kernel under dispatch overrides (e.g. split=4, wide=1, groups=3)."""
-    return dispatch.spmm_kernel(x, w, **overrides)
+    return spmm_kernel(x, w, **overrides)
 
 
 def config_of(w, n: int, overrides: dict):
-    return dispatch.config_for(w, n, **overrides)
+    return config_for(w, n, **overrides)
 
 
 def csrc_folder() -> Path:
@@ -392,7 +394,7 @@ def run_cubins(a) -> list:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in [s for s in a.edits.split(",") if s]:
             with kernel_sources(edited_folder(spec, Path(tmp))):
-                program = a.program or dispatch.program_for(a.name)
+                program = a.program or program_for(a.name)
                 cubin, _ = jit.compile_kernel(a.name, a.arch, program)
             path = out / f"{spec.replace('+', '_')}.cubin"
             path.write_bytes(cubin)

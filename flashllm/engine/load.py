@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..formats import compress
+from ..models import from_pretrained
+from ..models.checkpoint import load_config
 from ..nn import SparseLinear
 from .args import ModelArgs
 from .fuse import fuse_like, fuse_projections
 from .model import Transformer
 from .presets import preset
+from .shard import RandomShards, shard_model
 
 _ATTN = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj"}
 _OPT_LAYER = {"attn_norm": "self_attn_layer_norm", **_ATTN, "attn.o_proj": "self_attn.out_proj",
@@ -57,10 +61,10 @@ def from_hf(hf_model: nn.Module, fuse: bool = True) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
     for ours, theirs in hf_module_names(args).items():
-        target = _get(model, ours)
+        target = submodule(model, ours)
         if target is not None:
-            _adopt(model, ours, target, _get(hf_model, theirs), theirs)
-    _check_loaded(model)
+            adopt(model, ours, target, submodule(hf_model, theirs), theirs)
+    check_loaded(model)
     return (fuse_projections(model) if fuse else model).eval()
 
 
@@ -68,23 +72,19 @@ def load_model(path, device=None, dtype=None, format: str = "auto",
                sparsity_threshold: float | None = 0.3, fuse: bool = True) -> Transformer:
     """Load a checkpoint directory with flashllm.models.from_pretrained (dense, sparse-bitmask or
     flashllm; linears with at least `sparsity_threshold` zeros are compressed) and wrap it."""
-    from pathlib import Path
-
-    from ..models import from_pretrained
-    from ..models.checkpoint import load_config
     ModelArgs.from_hf_config(load_config(Path(path)))  # unsupported model types fail before any weight is read
     return from_hf(from_pretrained(path, device=device, dtype=dtype, format=format,
                                    sparsity_threshold=sparsity_threshold), fuse=fuse)
 
 
-def _get(model: nn.Module, name: str):
+def submodule(model: nn.Module, name: str):
     try:
         return model.get_submodule(name)
     except AttributeError:
         return None
 
 
-def _adopt(model: Transformer, name: str, target: nn.Module, source, source_name: str) -> None:
+def adopt(model: Transformer, name: str, target: nn.Module, source, source_name: str) -> None:
     if source is None:
         raise ValueError(f"the transformers model has no {source_name} (needed for the engine's {name})")
     if isinstance(target, nn.Linear):  # a linear slot: take the module itself, dense or sparse
@@ -103,7 +103,7 @@ def _adopt(model: Transformer, name: str, target: nn.Module, source, source_name
         setattr(target, pname, theirs if isinstance(theirs, nn.Parameter) else nn.Parameter(theirs, False))
 
 
-def _check_loaded(model: nn.Module) -> None:
+def check_loaded(model: nn.Module) -> None:
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
         raise ValueError(f"engine parameters left unloaded: {missing[:5]}")
@@ -123,8 +123,8 @@ def with_dense_linears(model: Transformer) -> Transformer:
             linear.weight = _param(source.weight.to_dense().to(model.dtype))
             linear.bias = source.bias
             source = linear
-        _adopt(dense, name, target, source, name)
-    _check_loaded(dense)
+        adopt(dense, name, target, source, name)
+    check_loaded(dense)
     return dense.eval()
 
 
@@ -153,7 +153,7 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
     random mask and compressed where it was drawn, before the next one is drawn, so peak memory is
     the compressed model plus one dense layer. lm_head and the embeddings stay dense.
 
-    tp_world: build only rank tp_rank's part of a tensor-parallel model (see `tp.py`); its block
+    tp_world: build only rank tp_rank's part of a tensor-parallel model (see `shard.py`); its block
     weights are drawn per KV-head-sized unit, the same for every tp_world (1 included), so they
     differ from those of tp_world=None for the same seed.  max_tokens: the largest decode batch it
     will run, for format="auto" (see flashllm.compress)."""
@@ -168,7 +168,6 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
         model = Transformer(args)
     draw = None
     if tp_world is not None:
-        from .tp import RandomShards, shard_model
         draw = RandomShards(args, tp_rank, tp_world, seed, std, device, dtype)
         shard_model(model, tp_rank, tp_world, tp_group)  # the skeleton: rank-local shapes, heads, all-reduces
     formats, zeros, elements, dense_bytes = {}, 0, 0, 0
@@ -206,7 +205,7 @@ def random_model(args: ModelArgs | str, sparsity: float = 0.0, format: str = "au
                 value = (torch.ones if pname == "weight" else torch.zeros)(p.shape, device=device, dtype=dtype)
                 dense_bytes += p.numel() * dtype.itemsize
             setattr(module, pname, _param(value))
-    _check_loaded(model)
+    check_loaded(model)
     if fuse:
         fuse_projections(model)
     if device.type == "cuda":

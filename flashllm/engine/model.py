@@ -20,6 +20,7 @@ from torch import nn
 
 from ..kernels.attention import decode_attention
 from ..kernels.norm import row_norm
+from ..nn import SparseLinear
 from .args import ModelArgs
 from .kv_cache import KVCache
 from .rope import apply_rope, rope_tables
@@ -256,7 +257,6 @@ class Transformer(nn.Module):
     def weight_nbytes(self, per_step: bool = False) -> int:
         """Bytes of every weight (SparseWeights counted compressed, shared tensors once). per_step:
         only what one decode step reads, i.e. without the embedding tables (unless lm_head reads one)."""
-        from ..nn import SparseLinear
         seen, total = set(), 0
         skip = set()
         if per_step:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import torch
 
 from . import bitmap, pairmap, sell, tiled_csl
-from .base import FORMATS, SparseWeight, check_weight, value_dtype_for
+from .base import FORMAT_IDS, FORMATS, SparseWeight, check_weight, codec_for, register_codec, value_dtype_for
 from .concat import cat_rows
 from .layout import BLOCK, to_blocks
 
-_CODECS = {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell, "pairmap": pairmap}
-
-
-def codec_for(name: str):
-    try:
-        return _CODECS[name]
-    except KeyError:
-        raise ValueError(f"unknown format {name!r}; expected one of {FORMATS} or 'auto'") from None
+for _name, _codec in {"tiled_csl": tiled_csl, "bitmap": bitmap, "sell": sell, "pairmap": pairmap}.items():
+    register_codec(_name, _codec)
+assert set(FORMATS) == set(FORMAT_IDS), "every format has a codec"
 
 
 def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
@@ -37,15 +32,12 @@ def predicted_nbytes(weight: torch.Tensor, formats=FORMATS) -> dict[str, int]:
 
 
 # From this sparsity on, "auto" takes sliced ELL - only for a caller that multiplies at most
-# SELL_MAX_TOKENS tokens a call (max_tokens): its CUDA-core kernel is the fastest there at decode sizes
-# (12 paper shapes, 90 %, N = 8: 3.29x cuBLAS on an H100 against the pair bitmap's 2.64x), but its cost
-# grows with every token, so it falls behind the pair bitmap from 32 tokens (H200: 0.87 vs 1.27x) and
-# to 0.36-0.83x cuBLAS at 64 (benchmarks/results/kernel_*_2026-11-22_s6b.json).
+# SELL_MAX_TOKENS tokens a call (max_tokens): its CUDA-core kernel pays per non-zero and per token, so it
+# leads at decode sizes and falls behind the pair bitmap as N grows (docs/tuning.md, SELL_MIN_SPARSITY).
 SELL_MIN_SPARSITY = 0.85
 SELL_MAX_TOKENS = 16
 # From this sparsity on, the pair bitmap: its decode costs half the bitmap's, which outweighs its ~50%
-# more bytes (H200, 12 paper shapes, N <= 32: 1.42x / 1.60x cuBLAS at 70 / 80% against the bitmap's
-# 1.12x / 1.14x; level at 60%, slower at 50%).  Below it, the smaller of bitmap and Tiled-CSL.
+# more bytes (docs/tuning.md, PAIRMAP_MIN_SPARSITY).  Below it, the smaller of bitmap and Tiled-CSL.
 PAIRMAP_MIN_SPARSITY = 0.65
 
 
@@ -93,4 +85,5 @@ def compress(weight: torch.Tensor, format: str = "auto", dtype: torch.dtype | No
 
 CHUNK_ELEMENTS = 1 << 23
 
-__all__ = ["SELL_MIN_SPARSITY", "SELL_MAX_TOKENS", "PAIRMAP_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows", "codec_for", "predicted_nbytes", "auto_format", "FORMATS"]
+__all__ = ["SELL_MIN_SPARSITY", "SELL_MAX_TOKENS", "PAIRMAP_MIN_SPARSITY", "SparseWeight", "compress", "cat_rows",
+           "codec_for", "predicted_nbytes", "auto_format", "FORMATS", "FORMAT_IDS"]

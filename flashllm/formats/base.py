@@ -7,12 +7,27 @@ from dataclasses import dataclass, field
 import torch
 
 FORMAT_VERSION = 2  # 2: the bitmap stores a register's two half-warp runs back to back (1 is read too)
-FORMATS = ("tiled_csl", "bitmap", "sell", "pairmap")
+# The one numbering of the formats: written into checkpoints (never renumber), passed to the custom op
+# flashllm::spmm, and the kernels' FMT_<NAME> constants (kernels/jit.py writes them into format_ids.cuh).
+FORMAT_IDS = {"tiled_csl": 1, "bitmap": 2, "sell": 3, "pairmap": 4}
+FORMATS = tuple(FORMAT_IDS)
+FORMAT_NAMES = {v: k for k, v in FORMAT_IDS.items()}
 # Codes written into checkpoints; never reorder.
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}
 _DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
-_FORMAT_CODES = {"tiled_csl": 1, "bitmap": 2, "sell": 3, "pairmap": 4}
-_FORMAT_NAMES = {v: k for k, v in _FORMAT_CODES.items()}
+# Each format's codec module (encode, decode, validate, TENSORS), registered by flashllm/formats/__init__.py.
+_CODECS: dict = {}
+
+
+def register_codec(name: str, codec) -> None:
+    _CODECS[name] = codec
+
+
+def codec_for(name: str):
+    try:
+        return _CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown format {name!r}; expected one of {FORMATS} or 'auto'") from None
 
 
 def value_dtype_for(weight_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
@@ -58,6 +73,9 @@ class SparseWeight:
     nnz: int
     max_block_bytes: int
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    # What the GPU path decided for this weight, per (tokens, device, dtype): see flashllm/kernels/spmm.py.
+    # The tensors are never changed in place, so a decision stays valid for the weight's lifetime.
+    launches: "LaunchCache" = field(default_factory=lambda: LaunchCache(), init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -74,7 +92,6 @@ class SparseWeight:
 
     @property
     def _codec(self):
-        from . import codec_for
         return codec_for(self.format)
 
     def to_dense(self) -> torch.Tensor:
@@ -97,7 +114,7 @@ class SparseWeight:
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        meta = torch.tensor([FORMAT_VERSION, _FORMAT_CODES[self.format], *self.shape,
+        meta = torch.tensor([FORMAT_VERSION, FORMAT_IDS[self.format], *self.shape,
                              _DTYPE_CODES[self.dtype], self.nnz, self.max_block_bytes], dtype=torch.int64)
         return {"meta": meta, **self.tensors}
 
@@ -111,12 +128,11 @@ class SparseWeight:
         version, fmt, m, k, dt, nnz, max_block = (int(v) for v in meta.tolist())
         if version not in (1, FORMAT_VERSION):
             raise ValueError(f"format version {version} not supported (this flashllm reads 1 and {FORMAT_VERSION})")
-        if fmt not in _FORMAT_NAMES:
+        if fmt not in FORMAT_NAMES:
             raise ValueError(f"unknown format code {fmt}")
         if dt not in _DTYPES:
             raise ValueError(f"unknown dtype code {dt}")
-        name = _FORMAT_NAMES[fmt]
-        from . import codec_for
+        name = FORMAT_NAMES[fmt]
         expected = codec_for(name).TENSORS
         missing = [t for t in expected if t not in d]
         extra = [t for t in d if t not in expected and t != "meta"]
@@ -124,13 +140,26 @@ class SparseWeight:
             raise ValueError(f"{name} state dict: missing tensors {missing}, unexpected {extra}")
         w = cls(name, (m, k), _DTYPES[dt], nnz, max_block, {t: d[t] for t in expected})
         if version == 1 and name == "bitmap":  # the older value order: re-encode (always validated)
-            from . import bitmap, compress
-            return compress(bitmap.decode_v1(w), "bitmap").validate()
+            bitmap = codec_for("bitmap")
+            return bitmap.encode(bitmap.decode_v1(w), w.dtype).validate()
         return w.validate() if validate else w
 
     def __repr__(self) -> str:
         return (f"SparseWeight(format={self.format}, shape={self.shape}, dtype={self.dtype}, "
                 f"sparsity={self.sparsity:.1%}, nbytes={self.nbytes}, device={self.device})")
+
+
+class LaunchCache(dict):
+    """SparseWeight.launches: never copied or pickled with the weight (a copy starts empty)."""
+
+    def __copy__(self):
+        return LaunchCache()
+
+    def __deepcopy__(self, memo):
+        return LaunchCache()
+
+    def __reduce__(self):
+        return LaunchCache, ()
 
 
 def fail(msg: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SparseWeight
+from .base import SparseWeight, codec_for
 from .layout import BLOCK
 
 
@@ -22,7 +22,6 @@ def cat_rows(weights: list[SparseWeight]) -> SparseWeight:
     """
     _check_stackable(weights)
     first = weights[0]
-    from . import codec_for
     payload_key, ptr_key = codec_for(first.format).TENSORS
     payloads, ptrs, offset = [], [], 0
     for w in weights:

@@ -13,11 +13,10 @@ import torch
 
 from . import jit
 
+PROGRAM = "attention.cu"
 WARP_CHOICES = (8, 16, 32)
-# Warps per CTA.  Measured with a cold cache on an H100 (benchmarks/attn_warps.py, 56 heads x 128, a
-# 192-key cache with 65/129/192 live keys, batch 8/16/32): 8 warps were the fastest of WARP_CHOICES in all
-# nine cases, e.g. batch 8 x 129 live keys 15.7 us (16 warps 19.7; the earlier two-pass kernel's best
-# 18.3; cuDNN 28.4).  16 warps take 64 registers a thread: two CTAs per SM.
+# Warps per CTA: 8 were the fastest of WARP_CHOICES at decode batch sizes; 16 warps take 64 registers a
+# thread, two CTAs per SM (docs/tuning.md, WARPS).
 WARPS = 8
 HEAD_DIMS = (64, 128)
 
@@ -63,7 +62,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     warps = warps or WARPS
     with jit.on_device(q.device):
         kernel = jit.get_kernel(f"decode_attention<{d},{'true' if q.dtype == torch.bfloat16 else 'false'},{warps}>",
-                                dev, jit.capability(dev), program="attention.cu")
+                                dev, jit.capability(dev), program=PROGRAM)
         kernel.launch((b * h, 1, 1), 0, torch.cuda.current_stream(q.device).cuda_stream, params,
                       32 * warps)
     return out

@@ -2,7 +2,11 @@
 
 Cache: `$FLASHLLM_CACHE_DIR` (default `~/.cache/flashllm/kernels`), one cubin per kernel
 instantiation, named by a hash of (sources, options, NVRTC version, arch, name expression).
-Compilation needs no GPU, which is how CI builds every kernel variant.
+Compilation needs no GPU, which is how CI builds every kernel variant (and checks the C structs the
+launchers fill against their ctypes mirrors: `check_struct`).
+
+Launches go through the CUDA driver: `LoadedKernel.launch*` (cuda-python, for anything), and `Launcher`,
+a launch whose grid and arguments were fixed once and whose per-call work is one ctypes call.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
+from ..formats.base import FORMAT_IDS
+
 CSRC = Path(__file__).parent / "csrc"
-PROGRAMS = ("spmm.cu", "norm.cu", "attention.cu", "sell.cu")  # one NVRTC program each; headers are inlined
+# One NVRTC program each (a launcher module of the same stem beside this file); headers are inlined.
+PROGRAMS = ("spmm_mma.cu", "spmm_wide.cu", "decompress.cu", "reduce.cu", "sell.cu", "norm.cu", "attention.cu")
 
 
 class KernelCompileError(RuntimeError):
@@ -50,20 +58,63 @@ def nvrtc_version() -> str:
     return f"{major}.{minor}"
 
 
+def format_ids_header() -> str:
+    """format_ids.cuh, which no file holds: the kernels' FMT_<NAME> constants, from FORMAT_IDS."""
+    ids = ", ".join(f"FMT_{name.upper()} = {i}" for name, i in FORMAT_IDS.items())
+    return f"// flashllm/formats/base.py FORMAT_IDS\nenum {{ {ids} }};\n"
+
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"[^\n]*$', re.MULTILINE)
+
+
 @functools.lru_cache(maxsize=None)
-def _source(program: str = "spmm.cu") -> str:
-    # Inline the header so the program needs no include path and the hash covers every line.
-    body = (CSRC / program).read_text()
-    for header in ("common.cuh", "wgmma.cuh"):
-        body = body.replace(f'#include "{header}"', (CSRC / header).read_text())
-    return body
+def _source(program: str) -> str:
+    # Inline the headers (each once, where first included) so the program needs no include path and the
+    # hash covers every line.
+    seen: set[str] = set()
+
+    def inline(match) -> str:
+        header = match.group(1)
+        if header in seen:
+            return ""
+        seen.add(header)
+        text = format_ids_header() if header == "format_ids.cuh" else (CSRC / header).read_text()
+        return _INCLUDE.sub(inline, text)
+
+    return _INCLUDE.sub(inline, (CSRC / program).read_text())
 
 
 def _options(arch: str) -> list[bytes]:
     return [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--use_fast_math"]
 
 
-def compile_kernel(name_expr: str, arch: str, program: str = "spmm.cu") -> tuple[bytes, str]:
+def _compile(src: str, program: str, arch: str, name_expr: str | None) -> tuple[bytes, str]:
+    """NVRTC: `src` to a cubin, with `name_expr` instantiated (None: none); raises KernelCompileError."""
+    nvrtc = _nvrtc()
+    opts = _options(arch)
+    prog = _check(nvrtc.nvrtcCreateProgram(src.encode(), f"flashllm_{program}".encode(), 0, [], []),
+                  "nvrtcCreateProgram")
+    try:
+        if name_expr is not None:
+            _check(nvrtc.nvrtcAddNameExpression(prog, name_expr.encode()), "nvrtcAddNameExpression")
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        log_size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        log = b" " * log_size
+        _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+        if int(err) != 0:
+            raise KernelCompileError(f"NVRTC failed to compile {name_expr or program} for {arch}:\n"
+                                     f"{log.decode(errors='replace')}")
+        lowered = "" if name_expr is None else \
+            _check(nvrtc.nvrtcGetLoweredName(prog, name_expr.encode()), "nvrtcGetLoweredName").decode()
+        size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    return cubin, lowered
+
+
+def compile_kernel(name_expr: str, arch: str, program: str) -> tuple[bytes, str]:
     """Compile one instantiation (e.g. 'spmm_bitmap<1,1,2,false,false>') of a program in csrc/ to a
     cubin; cached on disk.  Returns (cubin, lowered_name).
     """
@@ -75,25 +126,7 @@ def compile_kernel(name_expr: str, arch: str, program: str = "spmm.cu") -> tuple
     cubin_path, name_path = folder / f"{key}.cubin", folder / f"{key}.name"
     if cubin_path.exists() and name_path.exists():
         return cubin_path.read_bytes(), name_path.read_text()
-
-    nvrtc = _nvrtc()
-    prog = _check(nvrtc.nvrtcCreateProgram(src.encode(), f"flashllm_{program}".encode(), 0, [], []),
-                  "nvrtcCreateProgram")
-    try:
-        _check(nvrtc.nvrtcAddNameExpression(prog, name_expr.encode()), "nvrtcAddNameExpression")
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        log_size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log = b" " * log_size
-        _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
-        if int(err) != 0:
-            raise KernelCompileError(f"NVRTC failed to compile {name_expr} for {arch}:\n"
-                                     f"{log.decode(errors='replace')}")
-        lowered = _check(nvrtc.nvrtcGetLoweredName(prog, name_expr.encode()), "nvrtcGetLoweredName").decode()
-        size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        cubin = b" " * size
-        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+    cubin, lowered = _compile(src, program, arch, name_expr)
 
     folder.mkdir(parents=True, exist_ok=True)
     for path, payload in ((cubin_path, cubin), (name_path, lowered.encode())):
@@ -103,6 +136,19 @@ def compile_kernel(name_expr: str, arch: str, program: str = "spmm.cu") -> tuple
             f.write(payload)
         os.replace(tmp, path)
     return cubin, lowered
+
+
+def check_struct(program: str, c_name: str, struct: type[ctypes.Structure], arch: str = "sm_80") -> None:
+    """Compile `program` with static_asserts that its C struct `c_name` has the size and field offsets of its
+    ctypes mirror `struct` (the fields by the same names): a mirror that drifted fails here, in CI, not as a
+    kernel reading garbage.  NVRTC only, no GPU; raises KernelCompileError naming the field."""
+    checks = [f'static_assert(sizeof({c_name}) == {ctypes.sizeof(struct)}, '
+              f'"sizeof({c_name}) differs from ctypes {struct.__name__} ({ctypes.sizeof(struct)} bytes)");']
+    for field, *_ in struct._fields_:
+        offset = getattr(struct, field).offset
+        checks.append(f'static_assert(__builtin_offsetof({c_name}, {field}) == {offset}, '
+                      f'"{c_name}.{field} is not at byte {offset}, where ctypes {struct.__name__} has it");')
+    _compile(_source(program) + "\n" + "\n".join(checks) + "\n", program, arch, None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,6 +184,7 @@ class LoadedKernel:
         self._driver = driver
         self.module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         self.function = _check(driver.cuModuleGetFunction(self.module, lowered.encode()), "cuModuleGetFunction")
+        self.handle = int(self.function)  # the CUfunction, for Launcher's ctypes calls
         self.max_smem = 0
 
     def allow_smem(self, nbytes: int) -> None:
@@ -197,10 +244,92 @@ class LoadedKernel:
             raise RuntimeError(f"cuLaunchKernel failed: {err!r}")
 
 
+# ------------------------------------------------------------------------------------------ prepared launches
+
+class LaunchAttribute(ctypes.Structure):
+    """CUlaunchAttribute (cuda.h): an id, padding to 8 bytes, a 64-byte value union."""
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
+
+
+class LaunchConfig(ctypes.Structure):
+    """CUlaunchConfig (cuda.h), for cuLaunchKernelEx."""
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
+
+
+CLUSTER_DIMENSION = 4  # CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+
+
+@functools.lru_cache(maxsize=None)
+def _libcuda():
+    """The driver library (loaded already by torch), its launch entry points typed for ctypes."""
+    lib = ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+    lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    lib.cuLaunchKernel.restype = ctypes.c_int
+    lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.cuLaunchKernelEx.restype = ctypes.c_int
+    lib.cuMemsetD32Async.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_size_t, ctypes.c_void_p]
+    lib.cuMemsetD32Async.restype = ctypes.c_int
+    lib.cuTensorMapReplaceAddress.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.cuTensorMapReplaceAddress.restype = ctypes.c_int
+    return lib
+
+
+def aligned(struct: type[ctypes.Structure], alignment: int) -> ctypes.Structure:
+    """A zeroed `struct` at an address that is a multiple of `alignment` (ctypes aligns to 8 at most)."""
+    buffer = (ctypes.c_uint8 * (ctypes.sizeof(struct) + alignment))()
+    return struct.from_buffer(buffer, -ctypes.addressof(buffer) % alignment)  # keeps `buffer` alive
+
+
+def memset32(ptr: int, value: int, count: int, stream: int) -> None:
+    """`count` 32-bit words at device address `ptr` set to `value`, in stream order."""
+    err = _libcuda().cuMemsetD32Async(ptr, value, count, stream)
+    if err:
+        raise RuntimeError(f"cuMemsetD32Async failed: CUresult {err}")
+
+
+def replace_tensor_map_address(tensor_map: ctypes.Structure, ptr: int) -> None:
+    """Point an encoded CUtensorMap (128-byte aligned) at another tensor of the same shape and strides."""
+    err = _libcuda().cuTensorMapReplaceAddress(ctypes.addressof(tensor_map), ptr)
+    if err:
+        raise RuntimeError(f"cuTensorMapReplaceAddress failed: CUresult {err}")
+
+
+class Launcher:
+    """A kernel launch decided once: grid, block, shared memory (and cluster shape), and the argument objects
+    (ctypes structs or scalars) whose addresses it passes.  The caller sets the arguments' per-call fields
+    (pointers), then calls it with a stream: one ctypes call into the driver (cuda-python's launch
+    marshals every argument again, several microseconds a launch)."""
+
+    def __init__(self, kernel: LoadedKernel, grid, threads: int, smem: int, args: list,
+                 cluster: tuple[int, int, int] | None = None):
+        kernel.allow_smem(smem)
+        self.kernel, self.grid, self.smem, self.args = kernel, tuple(grid), smem, args
+        self._ptrs = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        lib = _libcuda()
+        if cluster is None:
+            self._config = None
+            self._launch = functools.partial(lib.cuLaunchKernel, kernel.handle, *grid, threads, 1, 1, smem)
+        else:
+            self._attr = LaunchAttribute(CLUSTER_DIMENSION, b"", (ctypes.c_uint * 16)(*cluster))
+            self._config = LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(threads, 1, 1), smem, None,
+                                        ctypes.pointer(self._attr), 1)
+            self._launch = functools.partial(lib.cuLaunchKernelEx, ctypes.byref(self._config), kernel.handle)
+
+    def __call__(self, stream: int) -> None:
+        if self._config is None:
+            err = self._launch(stream, self._ptrs, None)
+        else:
+            self._config.stream = stream
+            err = self._launch(self._ptrs, None)
+        if err:
+            raise RuntimeError(f"cuLaunchKernel failed: CUresult {err} (grid {self.grid}, smem {self.smem})")
+
+
 _loaded: dict[tuple, LoadedKernel] = {}
 
 
-def get_kernel(name_expr: str, device_index: int, capability: tuple[int, int], program: str = "spmm.cu") -> LoadedKernel:
+def get_kernel(name_expr: str, device_index: int, capability: tuple[int, int], program: str) -> LoadedKernel:
     key = (name_expr, device_index)
     k = _loaded.get(key)
     if k is None:

@@ -13,6 +13,7 @@ import torch
 
 from . import jit
 
+PROGRAM = "norm.cu"
 NORM_THREADS = 256
 MAX_WIDTH = 8 * 8 * NORM_THREADS  # NORM_MAX_CHUNKS 16-byte chunks per thread
 
@@ -45,7 +46,7 @@ def row_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | 
     ptr = lambda t: t.data_ptr() if t is not None else 0  # noqa: E731
     with jit.on_device(x.device):
         kernel = jit.get_kernel(f"row_norm<{bf16},{'true' if rms else 'false'}>", dev, jit.capability(dev),
-                                program="norm.cu")
+                                program=PROGRAM)
         kernel.launch_args((x2.shape[0], 1, 1), (NORM_THREADS, 1, 1), torch.cuda.current_stream(x.device).cuda_stream,
                            [x2.data_ptr(), ptr(weight), ptr(None if rms else bias), y.data_ptr(), ctypes.c_int(d),
                             ctypes.c_float(eps)])

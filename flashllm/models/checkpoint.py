@@ -46,7 +46,7 @@ def checkpoint_kind(config: dict) -> str:
     return ct.format_of(section) if section else ct.DENSE
 
 
-def _resolve_dtype(dtype) -> torch.dtype | None:
+def resolve_dtype(dtype) -> torch.dtype | None:
     if dtype is None or dtype == "auto":
         return None
     if isinstance(dtype, str):
@@ -142,9 +142,9 @@ def from_pretrained(path, device=None, dtype=None, format: str = "auto",
     except ValueError as e:
         raise CheckpointError(f"{root / CONFIG_NAME}: {e}") from e
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     model = build_skeleton(load_config(root), dtype)
-    loader = _Loader(model, Shards(root), device, dtype, format)
+    loader = Loader(model, Shards(root), device, dtype, format)
     if kind == PRODUCER:
         loader.load_flashllm(config_dict[SPARSITY_KEY], root / CONFIG_NAME)
     else:
@@ -307,11 +307,17 @@ def _decode_bitmask(shards: Shards, group: dict[str, str], prefix: str) -> torch
         raise shards.error(group["compressed"], str(e)) from e
 
 
-class _Loader:
-    """Moves tensors from a `Shards` into a meta skeleton, one tensor (or one layer) at a time."""
+class Loader:
+    """Moves tensors from a `Shards` into a meta skeleton, one tensor (or one layer) at a time.
 
-    def __init__(self, model, shards: Shards, device, dtype, format):
+    part(model_name, tensor or SparseWeight): the part of each tensor (or compressed layer) this loader keeps,
+    applied as it arrives, before the skeleton's shape is checked (tensor parallelism: a rank's slice,
+    engine/tp.py); None keeps all of it.
+    """
+
+    def __init__(self, model, shards: Shards, device, dtype, format, part=None):
         self.model, self.shards, self.device, self.dtype, self.format = model, shards, device, dtype, format
+        self.part = part or (lambda name, t: t)
         self.expected = dict(model.state_dict(keep_vars=True))
         self.loaded: set[str] = set()
         prefix = getattr(model, "base_model_prefix", "")
@@ -326,6 +332,7 @@ class _Loader:
 
     def place(self, name: str, tensor: torch.Tensor, source: str) -> None:
         """Put a dense tensor where the skeleton expects `name` (a parameter or a persistent buffer)."""
+        tensor = self.part(name, tensor)
         target = self.expected[name]
         if tuple(tensor.shape) != tuple(target.shape):
             raise self.shards.error(source, f"shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
@@ -344,6 +351,7 @@ class _Loader:
 
     def install(self, module_name: str, weight: SparseWeight, source: str) -> None:
         """Swap the skeleton's linear layer for a SparseLinear holding `weight` (already validated)."""
+        weight = self.part(module_name + ".weight", weight)
         old = self.model.get_submodule(module_name)
         if tuple(weight.shape) != _linear_shape(old):
             raise self.shards.error(source, f"shape {tuple(weight.shape)}, the model expects {_linear_shape(old)}")
@@ -447,7 +455,7 @@ class _Loader:
         if leaf != "weight" or not eligible(module_name, module):
             self.place(target, read(), source)
             return
-        tensor = read()
+        tensor = self.part(target, read())
         expected = _linear_shape(module)[::-1] if is_conv1d(module) else _linear_shape(module)
         if tuple(tensor.shape) != expected or not tensor.dtype.is_floating_point:
             raise self.shards.error(source, f"{tensor.dtype} {tuple(tensor.shape)}, the model expects a "

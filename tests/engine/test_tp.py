@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from engine_models import PAD, PROMPTS, tiny_model
 from flashllm.engine import Generator, from_hf, random_model
 from flashllm.engine.fuse import unfuse_block
-from flashllm.engine.tp import COLUMN, ROW, shard_model, shard_slice
+from flashllm.engine.shard import COLUMN, ROW, shard_model, shard_slice
 from flashllm.nn import SparseLinear
 
 WORLD = 2
@@ -102,7 +102,7 @@ def worker(rank, port, out_dir):
     finally:
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
-        # leave without C++ static teardown, which after gloo sometimes aborts (see tp.finish_worker)
+        # leave without C++ static teardown, which after gloo sometimes aborts (see ranks.finish_worker)
         os._exit(0 if ok else 1)
 
 

@@ -25,7 +25,7 @@ def worker(rank, port, out_dir, sparsities):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     from flashllm.engine import Generator, random_model
-    from flashllm.engine.tp import finish_worker, init_tp
+    from flashllm.engine.ranks import finish_worker, init_tp
     import torch.distributed as dist
     rank, world, device = init_tp()
     result, ok = {}, False

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import flashllm
-from flashllm.kernels.dispatch import spmm_kernel
+from flashllm.kernels import jit, rules, spmm_mma
+from flashllm.kernels.common import prepare_x
+from flashllm.kernels.spmm import config_for, launch, spmm_kernel
 
 pytestmark = pytest.mark.gpu
 
@@ -110,15 +112,14 @@ def test_every_output_written(fmt, wg):
     w = pruned(1000, 512, 0.7, torch.float16, torch.Generator("cuda").manual_seed(3))
     sw = flashllm.compress(w, fmt)
     x = torch.randn(24, 512, device="cuda").half()
-    from flashllm.kernels import dispatch, sell_launch
     skip_without_mma_choice(fmt, wg)
     for split in (1, 3):
         y = torch.full((24, 1000), float("nan"), device="cuda", dtype=torch.half)
         if fmt == "sell":
-            sell_launch.launch_sell(x, sw, sell_launch.choose_sell_config(1000, 512, 24, 132, parts=split), y, None)
+            launch(x, sw, rules.choose_sell_config(1000, 512, 24, 132, parts=split), y)
         else:
-            cfg = dispatch.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split, wg=wg)
-            dispatch._launch(x, sw, cfg, y, None)
+            cfg = rules.choose_config(fmt, 1000, 512, 24, sw.max_block_bytes, 132, split=split, wg=wg)
+            launch(x, sw, cfg, y, None)
         assert not torch.isnan(y).any(), f"unwritten outputs with split={split}"
         assert rel_err(y, x.float() @ w.float().T) < 2e-3
 
@@ -200,7 +201,7 @@ def test_cuda_graph_and_compile():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decompress_kernel_is_exact(fmt, dtype):
     from flashllm.kernels.decompress import dense_matmul
-    from flashllm.kernels.dispatch import decompress_cuda
+    from flashllm.kernels.decompress import decompress_cuda
     gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     for (m, k, s) in [(333, 517, 0.5), (64, 64, 0.0), (130, 70, 0.9), (1, 1, 0.0), (200, 300, 1.0)]:
         w = pruned(m, k, s, dtype, gen)
@@ -226,7 +227,6 @@ def test_pairmap_every_config(dtype):
     """Every tile config of the pair-bitmap kernel (blocks per CTA, ring depth, K split, token tiles),
     on a matrix with a partial last row block and K block; each result poisoned first, checked complete,
     accurate and reproducible."""
-    from flashllm.kernels import dispatch
     gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 333, 1111
     w = pruned(m, k, 0.75, dtype, gen)
@@ -236,15 +236,15 @@ def test_pairmap_every_config(dtype):
     for n in (1, 8, 13, 32, 64):
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
         ref = x.float() @ w.float().T
-        for spw in dispatch.SPW_CHOICES:
-            for stages in dispatch.STAGE_CHOICES:
+        for spw in rules.SPW_CHOICES:
+            for stages in rules.STAGE_CHOICES:
                 for split in (1, 3, 18):
-                    cfg = dispatch.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, spw=spw,
+                    cfg = rules.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, spw=spw,
                                                  stages=stages, split=split, wg=False)
                     ys = []
                     for _ in range(2):
                         y = torch.full((n, m), float("nan"), device="cuda", dtype=dtype)
-                        dispatch._launch(dispatch.prepare_x(x), sw, cfg, y, None)  # K odd: rows padded to 8
+                        launch(prepare_x(x), sw, cfg, y, None)  # K odd: rows padded to 8
                         ys.append(y)
                     assert not torch.isnan(ys[0]).any(), (n, cfg)
                     assert rel_err(ys[0], ref) <= tol, (n, cfg, rel_err(ys[0], ref))
@@ -255,7 +255,6 @@ def test_pairmap_every_config(dtype):
 def test_sell_every_config(dtype):
     """Every launch shape of the sliced-ELL kernel: CTA sizes, load depths, K splits across and within
     chunks, token planes; each result poisoned first, checked complete, accurate and reproducible."""
-    from flashllm.kernels import sell_launch
     gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 1000, 5000  # 32 slices (the last partial), 3 chunks (the last partial)
     w = pruned(m, k, 0.9, dtype, gen)
@@ -264,15 +263,15 @@ def test_sell_every_config(dtype):
     for n in (1, 2, 3, 5, 8, 13, 24, 32, 40):  # 1-, 2-, 4- and 8-token X tiles, 1-4 planes
         x = torch.randn(n, k, generator=gen, device="cuda").to(dtype)
         ref = x.float() @ w.float().T
-        for warps in sell_launch.WARP_CHOICES:
-            for depth in sell_launch.DEPTH_CHOICES:
+        for warps in rules.SELL_WARP_CHOICES:
+            for depth in rules.SELL_DEPTH_CHOICES:
                 for split, parts in ((None, 1), (1, 1), (2, 1), (None, 3), (1, 8), (None, 8)):
                     ys = []
                     for _ in range(2):
-                        cfg = sell_launch.choose_sell_config(m, k, n, 132, warps=warps, split=split, depth=depth,
+                        cfg = rules.choose_sell_config(m, k, n, 132, warps=warps, split=split, depth=depth,
                                                              parts=parts)
                         y = torch.full((n, m), float("nan"), device="cuda", dtype=dtype)
-                        sell_launch.launch_sell(x, sw, cfg, y, None)
+                        launch(x, sw, cfg, y)
                         ys.append(y)
                     assert not torch.isnan(ys[0]).any(), cfg
                     assert rel_err(ys[0], ref) <= tol, (cfg, rel_err(ys[0], ref))
@@ -299,7 +298,6 @@ def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
     """The split-K sum in a cluster's distributed shared memory gives bitwise the reduce kernel's output
     (same fp32 sums in slice order), with a bias, a partial last row block and odd K, for every cluster
     size and token tile; every element is written (output poisoned first) and a CUDA graph replays it."""
-    from flashllm.kernels import dispatch
     gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k = 333, 3001
     w = pruned(m, k, 0.8, dtype, gen)
@@ -312,20 +310,20 @@ def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
         for split in (2, 5, 8):
             ys = {}
             for cluster in (False, True):
-                cfg = dispatch.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, split=split, wg=False,
+                cfg = rules.choose_config(fmt, m, k, n, sw.max_block_bytes, 132, split=split, wg=False,
                                              hopper=True, cluster=cluster)
                 assert cfg.cluster == cluster and cfg.split == split
                 y = torch.full((n, m), float("nan"), device="cuda", dtype=dtype)
-                dispatch._launch(dispatch.prepare_x(x), sw, cfg, y, bias)
+                launch(prepare_x(x), sw, cfg, y, bias)
                 ys[cluster] = y
             assert not torch.isnan(ys[True]).any(), (n, split)
             assert rel_err(ys[True], ref) <= tol, (n, split, rel_err(ys[True], ref))
             assert torch.equal(ys[True].view(torch.int16), ys[False].view(torch.int16)), (n, split)
-    cfg = dispatch.choose_config(fmt, m, k, 32, sw.max_block_bytes, 132, split=8, wg=False, hopper=True, cluster=True)
+    cfg = rules.choose_config(fmt, m, k, 32, sw.max_block_bytes, 132, split=8, wg=False, hopper=True, cluster=True)
 
     def run():
         y = torch.empty((32, m), device="cuda", dtype=dtype)
-        dispatch._launch(dispatch.prepare_x(x[:32]), sw, cfg, y, bias)
+        launch(prepare_x(x[:32]), sw, cfg, y, bias)
         return y
     assert torch.equal(replayed(run), run())
 
@@ -334,19 +332,18 @@ def test_cluster_split_k_matches_reduce_kernel(fmt, dtype):
 @pytest.mark.skipif(not HOPPER, reason="thread-block clusters need sm_90")
 def test_cluster_config_falls_back_where_no_cluster_fits(monkeypatch):
     """A GPU (partition) that cannot place a cluster gets the reduce kernel instead of a launch error."""
-    from flashllm.kernels import dispatch
     gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     m, k, n = 1000, 2000, 32
     w = pruned(m, k, 0.8, torch.float16, gen)
     sw = flashllm.compress(w, "pairmap")
     x = torch.randn(n, k, generator=gen, device="cuda").half()
-    cfg = dispatch.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, split=4, hopper=True, cluster=True)
-    kernel = dispatch.jit.get_kernel(cfg.name("pairmap", False), x.device.index, (9, 0))
+    cfg = rules.choose_config("pairmap", m, k, n, sw.max_block_bytes, 132, split=4, hopper=True, cluster=True)
+    kernel = jit.get_kernel(cfg.name("pairmap", False), x.device.index, (9, 0), spmm_mma.PROGRAM)
     grid = (-(-16 // cfg.spw), 1, 4)
     assert kernel.clusters_fit(grid, cfg.smem, (1, 1, 4))
-    monkeypatch.setattr(dispatch, "_clusters_fit", lambda *args: False)
+    monkeypatch.setattr(spmm_mma, "clusters_fit", lambda *args: False)
     y = torch.full((n, m), float("nan"), device="cuda", dtype=torch.float16)
-    dispatch._launch(x, sw, cfg, y, None)
+    launch(x, sw, cfg, y, None)
     assert rel_err(y, x.float() @ w.float().T) < 2e-3
 
 
@@ -384,27 +381,25 @@ def test_wide_kernel(fmt, dtype, sparsity):
 @WIDE
 @pytest.mark.parametrize("fmt", ["bitmap", "pairmap"])
 def test_wide_kernel_patterns_and_every_output(fmt):
-    from flashllm.kernels import dispatch
     for name, w in patterns(257, 300).items():
         sw = flashllm.compress(w, fmt)
         x = torch.randn(200, 300, device="cuda").half()
         # one CTA per tile, split-K by 2 and 5, and stream-K ranges that cut tiles anywhere (3 x 5 iterations)
         for grid in ({"split": 1}, {"split": 2}, {"split": 5}, {"ctas": 2}, {"ctas": 4}, {"ctas": 11}):
-            cfg = dispatch.choose_wide_config(fmt, 257, 300, 200, sw.max_block_bytes, 132, **grid)
+            cfg = rules.choose_wide_config(fmt, 257, 300, 200, sw.max_block_bytes, 132, **grid)
             y = torch.full((200, 257), float("nan"), device="cuda", dtype=torch.half)
-            dispatch._launch(dispatch.prepare_x(x), sw, cfg, y, None)  # K = 300: rows padded to 8
+            launch(prepare_x(x), sw, cfg, y, None)  # K = 300: rows padded to 8
             assert not torch.isnan(y).any(), (name, grid)
             assert rel_err(y, x.float() @ w.float().T) < 2e-3, (name, grid)
 
 
 @WIDE
 def test_wide_kernel_is_dispatched_with_bias_and_in_a_graph():
-    from flashllm.kernels import dispatch
     w = pruned(700, 520, 0.6, torch.float16, torch.Generator("cuda").manual_seed(9))
     sw = flashllm.compress(w, "bitmap")
     bias = torch.randn(700, device="cuda").half()
     x = torch.randn(3, 170, 520, device="cuda").half()  # leading batch dims: 510 tokens
-    assert dispatch.config_for(sw, 510).wide
+    assert config_for(sw, 510).wide
     y = flashllm.spmm(x, sw, bias=bias)
     ref = x.float() @ w.float().T + bias.float()
     assert rel_err(y, ref) < 2e-3
@@ -416,13 +411,12 @@ def test_wide_kernel_is_dispatched_with_bias_and_in_a_graph():
 def test_wide_kernel_stream_k_by_default(fmt):
     """A 4096-row weight at 256 tokens has 32 tiles: dispatch shares their iterations over every SM, and the
     tiles cut between CTAs sum to the reference, bitwise the same on every run, with the bias."""
-    from flashllm.kernels import dispatch
     gen = torch.Generator("cuda").manual_seed(torch.initial_seed())
     w = pruned(4096, 4096, 0.7, torch.float16, gen)
     sw = flashllm.compress(w, fmt)
     x = torch.randn(256, 4096, generator=gen, device="cuda").half()
     bias = torch.randn(4096, generator=gen, device="cuda").half()
-    cfg = dispatch.config_for(sw, 256)
+    cfg = config_for(sw, 256)
     assert cfg.wide and cfg.ctas == torch.cuda.get_device_properties(0).multi_processor_count > 32
     y = flashllm.spmm(x, sw, bias=bias)
     assert rel_err(y, x.float() @ w.float().T + bias.float()) < 2e-3

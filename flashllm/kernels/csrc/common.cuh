@@ -175,16 +175,3 @@ __device__ __forceinline__ void store_tile(const Params& p, const float (&acc)[N
     }
   }
 }
-
-// Sums the split-K slices in slice order (deterministic), adds the bias (of output column i % m) and
-// casts to the output dtype.
-template <bool BF16>
-__device__ __forceinline__ void reduce_partials(const float* partial, u16* y, int split, i64 count, const u16* bias,
-                                                int m) {
-  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
-    float s = 0.f;
-    for (int z = 0; z < split; z++) s += partial[z * count + i];
-    if (bias) s += to_float<BF16>(bias[i % m]);
-    y[i] = from_float<BF16>(s);
-  }
-}
