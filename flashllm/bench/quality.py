@@ -325,33 +325,8 @@ def main(argv=None) -> int:
     def log(text):
         print(f"[{time.perf_counter() - started:7.1f} s] {text}", flush=True)
 
-    rows = [{"method": "dense", "sparsity": 0.0, **evaluate(dense, ids, args, device)}]
-    log(f"dense: ppl {rows[0]['ppl']:.3f} on {rows[0]['eval_tokens']} tokens")
-    if args.storage_sparsity >= 0:
-        for r in rounded_dense_rows(dense, ids, args, device):
-            rows.append(r)
-            log(f"dense, weights rounded to {r['storage']}: ppl {r['ppl']:.4f}")
-    for sparsity in sparsities:
-        for method in methods:
-            model, stored_sparsity, seconds = prune(dense, method, sparsity, windows)
-            row = {"method": method, "sparsity": sparsity, "prune_seconds": seconds,
-                   "stored_sparsity": stored_sparsity, **evaluate(model, ids, args, device)}
-            rows.append(row)
-            log(f"{method} {sparsity:.0%}: ppl {row['ppl']:.3f} (pruned in {seconds:.0f} s)")
-            if math.isclose(sparsity, args.storage_sparsity) and method in args.storage_methods.split(","):
-                for r in storage_rows(dense, model, row["ppl"], method, sparsity, windows, ids, args, device, tokenizer):
-                    rows.append(r)
-                    log(f"  {r['storage']}: ppl {r['ppl_in_memory']:.4f} in memory, {r['ppl']:.4f} from the "
-                        f"checkpoint (bit-identical: {r['checkpoint_bit_identical']})")
-            del model
-    errors = None
-    if args.layer_errors:
-        errors = layer_errors(dense, windows, [float(x) for x in args.layer_sparsities.split(",") if x], device)
-        for x, layer_rows in errors.items():
-            ordered = sum(r["sparsegpt"] <= r["wanda"] <= r["magnitude"] for r in layer_rows)
-            log(f"layer errors at {float(x):.0%}: sparsegpt <= wanda <= magnitude on {ordered}/{len(layer_rows)} layers")
-
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    stem = Path(args.out) / f"quality_{name}_{'cuda' if gpu else 'cpu'}" if args.out else None
     result = {
         "name": name, "date": date.today().isoformat(), "torch": torch.__version__,
         "device": gpu or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -360,14 +335,46 @@ def main(argv=None) -> int:
         "settings": {"samples": args.samples, "samples_used": samples_used, "tokens": args.tokens, "seed": args.seed,
                      "window": args.window, "max_eval_windows": args.max_eval_windows,
                      "storage_sparsity": args.storage_sparsity},
-        "rows": rows, "layer_errors": errors, "seconds": time.perf_counter() - started,
+        "rows": [], "layer_errors": None, "seconds": 0.0, "complete": False,
     }
+    rows = result["rows"]
+
+    def add(row, text):
+        rows.append(row)
+        log(text)
+        if stem is not None:  # a long CPU run that is stopped keeps every row measured so far
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            result["seconds"] = time.perf_counter() - started
+            stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+
+    dense_row = {"method": "dense", "sparsity": 0.0, **evaluate(dense, ids, args, device)}
+    add(dense_row, f"dense: ppl {dense_row['ppl']:.3f} on {dense_row['eval_tokens']} tokens")
+    if args.storage_sparsity >= 0:
+        for r in rounded_dense_rows(dense, ids, args, device):
+            add(r, f"dense, weights rounded to {r['storage']}: ppl {r['ppl']:.4f}")
+    for sparsity in sparsities:
+        for method in methods:
+            model, stored_sparsity, seconds = prune(dense, method, sparsity, windows)
+            row = {"method": method, "sparsity": sparsity, "prune_seconds": seconds,
+                   "stored_sparsity": stored_sparsity, **evaluate(model, ids, args, device)}
+            add(row, f"{method} {sparsity:.0%}: ppl {row['ppl']:.3f} (pruned in {seconds:.0f} s)")
+            if math.isclose(sparsity, args.storage_sparsity) and method in args.storage_methods.split(","):
+                for r in storage_rows(dense, model, row["ppl"], method, sparsity, windows, ids, args, device, tokenizer):
+                    add(r, f"  {r['storage']}: ppl {r['ppl_in_memory']:.4f} in memory, {r['ppl']:.4f} from the "
+                        f"checkpoint (bit-identical: {r['checkpoint_bit_identical']})")
+            del model
+    if args.layer_errors:
+        errors = layer_errors(dense, windows, [float(x) for x in args.layer_sparsities.split(",") if x], device)
+        result["layer_errors"] = errors
+        for x, layer_rows in errors.items():
+            ordered = sum(r["sparsegpt"] <= r["wanda"] <= r["magnitude"] for r in layer_rows)
+            log(f"layer errors at {float(x):.0%}: sparsegpt <= wanda <= magnitude on {ordered}/{len(layer_rows)} layers")
+
+    result["seconds"] = time.perf_counter() - started
+    result["complete"] = True
     text = markdown(result)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"quality_{name}_{'cuda' if gpu else 'cpu'}"
+    if stem is not None:
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         stem.with_suffix(".md").write_text(text)
         plot(result, stem.with_suffix(".png"))
