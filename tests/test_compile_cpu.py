@@ -8,12 +8,8 @@ import flashllm
 from flashllm.formats import FORMATS
 from flashllm.nn import SparseLinear
 
-# flashllm.spmm's CPU path branches on its input (a non-finite x goes to the reference) and caches a CSR
-# copy of the weight by SparseWeight, neither of which Dynamo traces. Under torch.compile it has to be one
-# opaque node: the custom op flashllm::spmm (whose fake impl exists) with a CPU kernel.
-pytestmark = pytest.mark.xfail(
-    strict=True, raises=torch._dynamo.exc.TorchDynamoException,
-    reason="flashllm.spmm on the CPU does not go through the flashllm::spmm custom op under torch.compile yet")
+# Under torch.compile flashllm.spmm is one opaque node, the custom op flashllm::spmm, whose CPU kernel is the
+# CPU path (its input-dependent branch and its CSR cache stay out of the graph).
 
 
 def sparse_weight(out_features, in_features, sparsity, seed):

@@ -94,24 +94,30 @@ def spmm_cuda(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None
 
 # --------------------------------------------------------------------------------------- the custom op
 
-@torch.library.custom_op("flashllm::spmm", mutates_args=())
-def _spmm(x: torch.Tensor, data: torch.Tensor, ptr: torch.Tensor, fmt: int, m: int, k: int,
-          bf16: bool, max_block_bytes: int, bias: torch.Tensor | None) -> torch.Tensor:
+def op_weight(data: torch.Tensor, ptr: torch.Tensor, fmt: int, m: int, k: int, bf16: bool,
+              max_block_bytes: int) -> SparseWeight:
+    """The SparseWeight around the custom op's arguments (the op sees tensors, not the weight)."""
     name = FORMAT_NAMES[fmt]
-    w = SparseWeight(name, (m, k), torch.bfloat16 if bf16 else torch.float16, 0, max_block_bytes,
-                     dict(zip(codec_for(name).TENSORS, (data, ptr))))
+    return SparseWeight(name, (m, k), torch.bfloat16 if bf16 else torch.float16, 0, max_block_bytes,
+                        dict(zip(codec_for(name).TENSORS, (data, ptr))))
+
+
+@torch.library.custom_op("flashllm::spmm", mutates_args=())
+def spmm_custom_op(x: torch.Tensor, data: torch.Tensor, ptr: torch.Tensor, fmt: int, m: int, k: int,
+                   bf16: bool, max_block_bytes: int, bias: torch.Tensor | None) -> torch.Tensor:
+    w = op_weight(data, ptr, fmt, m, k, bf16, max_block_bytes)
     w.launches = _op_launches((data.data_ptr(), ptr.data_ptr(), fmt, m, k, bf16, max_block_bytes))
     return run(x, w, bias)
 
 
-@_spmm.register_fake
+@spmm_custom_op.register_fake
 def _(x, data, ptr, fmt, m, k, bf16, max_block_bytes, bias):
     return x.new_empty((x.shape[0], m))
 
 
 def spmm_op(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     data, ptr = (w.tensors[name] for name in codec_for(w.format).TENSORS)
-    return _spmm(x, data, ptr, FORMAT_IDS[w.format], w.shape[0], w.shape[1],
+    return spmm_custom_op(x, data, ptr, FORMAT_IDS[w.format], w.shape[0], w.shape[1],
                  w.dtype == torch.bfloat16, w.max_block_bytes, bias)
 
 
