@@ -150,10 +150,8 @@ class SparseWeight:
 
 
 class LaunchCache(dict):
-    """SparseWeight.launches: never copied or pickled with the weight (a copy starts empty)."""
-
-    def __copy__(self):
-        return LaunchCache()
+    """SparseWeight.launches: never deep-copied or pickled with the weight (such a copy, with tensors of its
+    own, starts empty; a shallow copy shares the tensors and the routes)."""
 
     def __deepcopy__(self, memo):
         return LaunchCache()
