@@ -32,11 +32,11 @@ import subprocess
 import tempfile
 import threading
 import warnings
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .formats import SparseWeight
 from .kernels.reference import spmm_reference
@@ -63,9 +63,11 @@ _SLAB_ELEMENTS = 1 << 22
 
 @dataclass(eq=False)
 class _Cached:
+    weight: tuple              # (format, shape, dtype) of the weight it was built from
     versions: tuple[int, ...]  # the weight's tensors' in-place modification counters when it was built
     kind: str                  # "native": (ptr int64, col int16, val int16); "mkl": (an fp32 CSR tensor,)
     tensors: tuple
+    nnz: int
 
     @property
     def nbytes(self) -> int:
@@ -74,9 +76,14 @@ class _Cached:
         return sum(t.numel() * t.element_size() for t in parts)
 
 
-# Held beside the weights rather than on them, so copies, pickles and state dicts of a weight never
-# carry its cache, and the cache goes when its weight goes.
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Keyed by a weight's first tensor, held weakly: copies, pickles and state dicts of the weight never carry
+# its cache, the cache goes when the tensor goes, and every SparseWeight around the same tensors finds it
+# (torch.compile's custom op rebuilds a SparseWeight from them at every call: kernels/spmm.py op_weight).
+_CACHE = WeakIdKeyDictionary()
+
+
+def _key(w: SparseWeight) -> torch.Tensor:
+    return next(iter(w.tensors.values()))
 
 
 def _versions(w: SparseWeight) -> tuple[int, ...]:
@@ -103,6 +110,8 @@ def _build(w: SparseWeight, kind: str) -> tuple:
     # which autograd refuses to save when a later call's x requires grad.
     with torch.inference_mode(False), torch.no_grad():
         counts, cols, vals = _rows(w)
+        if cols.numel() >= 2**31:
+            raise ValueError(f"weight {w.shape} has {cols.numel()} non-zeros: more than int32 indices can address")
         if kind == "native":
             ptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64)
             torch.cumsum(counts, 0, out=ptr[1:])
@@ -120,27 +129,26 @@ def _cached(w: SparseWeight, kind: str) -> _Cached:
     """w's cache of `kind`, built on first use and rebuilt when w's tensors changed in place."""
     if w.device.type != "cpu":
         raise ValueError(f"the CPU cache needs a weight on the CPU, got {w.device}")
-    if w.nnz >= 2**31:
-        raise ValueError(f"weight {w.shape} has {w.nnz} non-zeros: more than int32 indices can address")
-    entry = _CACHE.get(w)
-    versions = _versions(w)
-    if entry is not None and entry.versions == versions and entry.kind == kind:
+    key, weight, versions = _key(w), (w.format, tuple(w.shape), w.dtype), _versions(w)
+    entry = _CACHE.get(key)
+    if entry is not None and (entry.weight, entry.versions, entry.kind) == (weight, versions, kind):
         return entry
-    _CACHE.pop(w, None)  # a stale cache is freed before its successor is built
-    entry = _Cached(versions, kind, _build(w, kind))
-    _CACHE[w] = entry
+    _CACHE.pop(key, None)  # a stale cache is freed before its successor is built
+    tensors = _build(w, kind)
+    nnz = tensors[1].numel() if kind == "native" else tensors[0].values().numel()
+    entry = _CACHE[key] = _Cached(weight, versions, kind, tensors, nnz)
     return entry
 
 
 def cache_nbytes(w: SparseWeight) -> int:
     """Bytes of w's CPU cache (0 when none is built)."""
-    entry = _CACHE.get(w)
+    entry = _CACHE.get(_key(w))
     return entry.nbytes if entry is not None else 0
 
 
 def drop_cache(w: SparseWeight) -> None:
     """Free w's CPU cache; the next CPU call builds it again."""
-    _CACHE.pop(w, None)
+    _CACHE.pop(_key(w), None)
 
 
 # ------------------------------------------------------------------------------- the native kernel
@@ -424,12 +432,13 @@ def _spmm_mkl(x, w, bias, out):
 
 
 def _spmm_native(x, w, bias, out):
-    ptr, col, val = _cached(w, "native").tensors
+    entry = _cached(w, "native")
+    ptr, col, val = entry.tensors
     n, k = x.shape
     m = w.shape[0]
     xf = x.to(torch.float32).contiguous()
     y = out if x.dtype == torch.float32 and bias is None else torch.empty(n, m, dtype=torch.float32)
-    threads = torch.get_num_threads() if n * w.nnz >= PARALLEL_MIN_WORK else 1
+    threads = torch.get_num_threads() if n * entry.nnz >= PARALLEL_MIN_WORK else 1
     status = _native_fn(ptr.data_ptr(), col.data_ptr(), val.data_ptr(), int(w.dtype == torch.bfloat16),
                         xf.data_ptr(), n, k, y.data_ptr(), m, threads)
     if status == 1:  # x holds Inf or NaN: see _spmm_mkl

@@ -149,10 +149,22 @@ def test_no_dense_copy_is_kept(kernel, builds):
 def test_the_cache_goes_with_the_weight(kernel):
     sw = flashllm.compress(pruned(64, 96, 0.8))
     flashllm.spmm(torch.randn(2, 96, dtype=torch.float16), sw)
+    entries = len(cpu._CACHE)
     alive = weakref.ref(sw)
     del sw
     gc.collect()
-    assert alive() is None  # the cache does not keep its weight alive
+    assert alive() is None and len(cpu._CACHE) == entries - 1  # nor does it keep its weight alive
+
+
+def test_every_weight_object_around_the_same_tensors_shares_one_cache(kernel, builds):
+    """As torch.compile's custom op does: a new SparseWeight around the weight's tensors at every call."""
+    w = pruned(64, 96, 0.8)
+    sw = flashllm.compress(w, "pairmap")
+    x = torch.randn(2, 96, dtype=torch.float16)
+    for _ in range(3):
+        again = flashllm.SparseWeight(sw.format, sw.shape, sw.dtype, 0, sw.max_block_bytes, dict(sw.tensors))
+        assert_matches_fp64(flashllm.spmm(x, again), x, w)
+    assert builds[0] == 1
 
 
 def test_drop_cache(kernel, builds):
@@ -207,7 +219,7 @@ def test_native_and_mkl_agree_and_the_kernel_can_change(monkeypatch, builds):
     y = flashllm.spmm(x, sw)
     monkeypatch.setenv("FLASHLLM_CPU_KERNEL", "mkl")
     torch.testing.assert_close(flashllm.spmm(x, sw), y)  # bf16 outputs: equal up to one rounding
-    assert builds[0] == 2 and cpu._CACHE[sw].kind == "mkl"  # one cache a weight, of the kernel in use
+    assert builds[0] == 2 and cpu._CACHE[cpu._key(sw)].kind == "mkl"  # one cache a weight, of the kernel in use
 
 
 def test_without_a_compiler_the_mkl_kernel_runs(monkeypatch, tmp_path):
@@ -236,4 +248,4 @@ def test_wide_weights_take_the_mkl_kernel(monkeypatch):
     sw = flashllm.compress(w)
     x = torch.randn(2, 96, dtype=torch.float16)
     assert_matches_fp64(flashllm.spmm(x, sw), x, w)
-    assert cpu._CACHE[sw].kind == "mkl"
+    assert cpu._CACHE[cpu._key(sw)].kind == "mkl"
