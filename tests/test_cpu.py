@@ -249,3 +249,16 @@ def test_wide_weights_take_the_mkl_kernel(monkeypatch):
     x = torch.randn(2, 96, dtype=torch.float16)
     assert_matches_fp64(flashllm.spmm(x, sw), x, w)
     assert cpu._CACHE[cpu._key(sw)].kind == "mkl"
+
+
+@pytest.mark.parametrize("n", [1, 8, 20])
+def test_threads_split_rows_and_change_nothing(kernel, n):
+    w = pruned(1000, 300, 0.7, torch.bfloat16)
+    sw = flashllm.compress(w)
+    x = torch.randn(n, 300, dtype=torch.float32)
+    one = flashllm.spmm(x, sw)
+    torch.set_num_threads(2)  # the fixture puts one back
+    if kernel == "native":  # each row is summed by one thread, in the same order
+        assert torch.equal(flashllm.spmm(x, sw), one)
+    else:
+        torch.testing.assert_close(flashllm.spmm(x, sw), one)
