@@ -166,6 +166,11 @@ _SOURCE = r"""
 #error "flashllm's CPU kernel needs AVX2, FMA and F16C"
 #endif
 
+/* The AVX-512 paths load 16-bit lanes under a mask (BW, VL) besides the 512-bit arithmetic (F). */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define WIDE 1
+#endif
+
 #define ROWS_PER_TASK 64
 
 static inline __m256 vals8(const uint16_t *v, int bf16) {
@@ -190,7 +195,7 @@ static void one_token(const int64_t *ptr, const uint16_t *col, const uint16_t *v
                       const float *x, float *y, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r++) {
     int64_t j = ptr[r], e = ptr[r + 1];
-#ifdef __AVX512F__
+#ifdef WIDE
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     for (; j + 32 <= e; j += 32) {  /* two independent gathers in flight */
       __m512i c0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(col + j)));
@@ -249,7 +254,7 @@ static void eight_tokens(const int64_t *ptr, const uint16_t *col, const uint16_t
   }
 }
 
-#ifdef __AVX512F__
+#ifdef WIDE
 /* Up to 16 tokens, the same with 16-float rows of xt [k][16]. */
 static void sixteen_tokens(const int64_t *ptr, const uint16_t *col, const uint16_t *val, int bf16,
                            const float *xt, float *y, int64_t m, int nt, int64_t r0, int64_t r1) {
@@ -292,7 +297,7 @@ int flashllm_spmm(const int64_t *ptr, const uint16_t *col, const uint16_t *val, 
     }
     return 0;
   }
-  float *xt = aligned_alloc(64, (size_t)k * TILE * sizeof(float) + 64);
+  float *xt = aligned_alloc(64, ((size_t)k * TILE * sizeof(float) + 63) / 64 * 64);
   if (!xt) return 2;
   for (int64_t t0 = 0; t0 < n; t0 += TILE) {
     int nt = n - t0 < TILE ? (int)(n - t0) : TILE;
@@ -302,7 +307,7 @@ int flashllm_spmm(const int64_t *ptr, const uint16_t *col, const uint16_t *val, 
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < tasks; b++) {
       int64_t r1 = (b + 1) * ROWS_PER_TASK < m ? (b + 1) * ROWS_PER_TASK : m;
-#ifdef __AVX512F__
+#ifdef WIDE
       if (width == 16) sixteen_tokens(ptr, col, val, bf16, xt, y + t0 * m, m, nt, b * ROWS_PER_TASK, r1); else
 #endif
       eight_tokens(ptr, col, val, bf16, xt, y + t0 * m, m, nt, b * ROWS_PER_TASK, r1);
@@ -334,12 +339,13 @@ def _machine() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-def _compile() -> Path:
+def _compile(target_flags: tuple[str, ...] = ("-march=native",)) -> Path:
+    """The kernel's shared library, built once per (source, compiler, flags, processor) and cached."""
     cc = os.environ.get("CC") or "cc"
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler ({cc!r} not found; set CC)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    base = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
+    base = ["-O3", *target_flags, "-shared", "-fPIC", "-std=gnu11"]
     key = hashlib.sha256("\0".join([_SOURCE, cc, version, " ".join(base), _machine()]).encode()).hexdigest()[:20]
     folder = _cache_dir()
     target = folder / f"spmm-{key}.so"
@@ -362,6 +368,14 @@ def _compile() -> Path:
     raise RuntimeError(f"{cc} could not compile the kernel: {errors[0][0]}")
 
 
+def _bind(library: Path):
+    fn = ctypes.CDLL(str(library)).flashllm_spmm
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def _load_native():
     """The native kernel's entry point, or None (and `native_error()` says why)."""
     global _native_fn, _native_error
@@ -370,11 +384,7 @@ def _load_native():
     with _native_lock:
         if _native_fn is None and _native_error is None:
             try:
-                fn = ctypes.CDLL(str(_compile())).flashllm_spmm
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                               ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-                fn.restype = ctypes.c_int
-                _native_fn = fn
+                _native_fn = _bind(_compile())
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _native_error = str(e)
     return _native_fn

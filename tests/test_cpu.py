@@ -262,3 +262,17 @@ def test_threads_split_rows_and_change_nothing(kernel, n):
         assert torch.equal(flashllm.spmm(x, sw), one)
     else:
         torch.testing.assert_close(flashllm.spmm(x, sw), one)
+
+
+def test_the_avx2_kernel_where_the_machine_has_avx512(monkeypatch):
+    """The kernel built without AVX-512 (8-wide gathers and 8-token tiles only) gives the same answers."""
+    if cpu._load_native() is None:
+        pytest.skip(f"no native CPU kernel here: {cpu.native_error()}")
+    monkeypatch.setattr(cpu, "_native_fn", cpu._bind(cpu._compile(("-march=native", "-mno-avx512f"))))
+    monkeypatch.setenv("FLASHLLM_CPU_KERNEL", "native")
+    for dtype in (torch.float16, torch.bfloat16):
+        w = pruned(150, 130, 0.7, dtype, seed=7)
+        sw = flashllm.compress(w)
+        for n in (1, 3, 8, 9, 17):
+            x = torch.randn(n, 130)
+            assert_matches_fp64(flashllm.spmm(x, sw), x, w)
