@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=int, default=None,
                    help="divide each side of the OPT shapes by this (default: 1 on a GPU, 8 on a CPU)")
     p.add_argument("--tokens", type=int, default=16, help="activations (tokens) in the spmm check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     args = p.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

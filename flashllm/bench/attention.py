@@ -14,10 +14,10 @@ import torch
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="flashllm bench attention", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", default="8,16,32")
+    ap.add_argument("--batch", default="8,16,32", help="batch sizes, comma-separated")
     ap.add_argument("--live", default="65,129,192", help="valid keys of the 192-slot cache")
-    ap.add_argument("--heads", type=int, default=56)
-    ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128))
+    ap.add_argument("--heads", type=int, default=56, help="attention heads")
+    ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128), help="dimension of one head")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("flashllm bench attention needs a CUDA GPU")
