@@ -42,6 +42,7 @@ from flashllm.engine.args import ModelArgs
 from flashllm.engine.presets import PRESETS as ENGINE_PRESETS, llama
 from flashllm.formats import FORMATS
 from flashllm.engine.tp import finish_worker, in_worker, init_tp, relaunch, time_all_reduce, worker_world
+from .plotting import pyplot
 
 GB = 1e9
 # Shapes the bench knows beside the engine's presets. smollm2-135m (HuggingFaceTB/SmolLM2-135M's config): a
@@ -306,12 +307,8 @@ def summarize(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     rows = [r for r in result["rows"] if "note" not in r]
     variants = list(dict.fromkeys(r["variant"] for r in rows))

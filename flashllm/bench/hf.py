@@ -31,6 +31,7 @@ import torch
 from flashllm.bench.e2e import (GB, PRESETS, build_hf, free_memory, measure_engine, model_args, peak_bytes,
                                 sync)
 from flashllm.formats import FORMATS
+from .plotting import pyplot
 
 PATHS = ("eager", "compiled", "engine")
 
@@ -160,12 +161,8 @@ def summarize(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     rows = [r for r in result["rows"] if "note" not in r]
     if not rows:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import flashllm
 from flashllm.kernels.spmm import config_for, spmm_kernel
 
+from .plotting import pyplot
 from .timing import copies_to_defeat_l2, copy_bandwidth, time_graph
 
 PAPER_SHAPES = [(21504, 7168), (7168, 7168), (28672, 7168), (7168, 28672), (27648, 9216), (9216, 9216),
@@ -217,12 +218,8 @@ def summarize(result):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     rows = result["rows"]
     formats = sorted({r["format"] for r in rows})

@@ -43,6 +43,7 @@ import torch
 
 from flashllm.eval import perplexity, tokenize
 from flashllm.prune import calibration_windows, magnitude_prune, sparsegpt_prune, wanda_prune
+from .plotting import pyplot
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -271,10 +272,9 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     rows = [r for r in result["rows"] if r.get("storage") is None]
     dense = next(r for r in rows if r["method"] == "dense")["ppl"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
