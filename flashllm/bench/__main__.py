@@ -1,6 +1,7 @@
 """`flashllm bench <command>` (also `python -m flashllm.bench <command>`): every benchmark the README and docs quote.
 
   kernel     SpMM kernels against cuBLAS over the Flash-LLM paper's shapes, every format (--large-n: prefill sizes)
+  decode     each block layout's decode alone (shared memory to A registers), SM cycles per 1024 weights
   e2e        generation end to end: Hugging Face, the engine dense and sparse (--tp G: tensor parallel)
   hf         transformers' generate with SparseLinear layers, eager and compiled, against dense
   encode     compress / decompress / validate speed of every format (CPU or GPU)
@@ -15,7 +16,7 @@ import importlib
 import sys
 
 COMMANDS = {name: f"flashllm.bench.{name}" for name in
-            ("kernel", "e2e", "hf", "encode", "step", "attention", "quality", "overhead", "probe")}
+            ("kernel", "decode", "e2e", "hf", "encode", "step", "attention", "quality", "overhead", "probe")}
 
 
 def main(argv=None):

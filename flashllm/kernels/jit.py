@@ -24,7 +24,7 @@ from ..formats.base import FORMAT_IDS
 
 CSRC = Path(__file__).parent / "csrc"
 # One NVRTC program each (a launcher module of the same stem beside this file); headers are inlined.
-PROGRAMS = ("spmm_mma.cu", "spmm_wide.cu", "decompress.cu", "reduce.cu", "sell.cu", "norm.cu", "attention.cu")
+PROGRAMS = ("spmm_mma.cu", "spmm_wide.cu", "decompress.cu", "reduce.cu", "sell.cu", "norm.cu", "attention.cu", "decode_bench.cu")
 
 
 class KernelCompileError(RuntimeError):

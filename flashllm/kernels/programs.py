@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-from . import attention, decompress, norm, reduce, sell, spmm_mma, spmm_wide
+from . import attention, decode_bench, decompress, norm, reduce, sell, spmm_mma, spmm_wide
 
-LAUNCHERS = (spmm_mma, spmm_wide, sell, decompress, reduce, norm, attention)
+LAUNCHERS = (spmm_mma, spmm_wide, sell, decompress, reduce, norm, attention, decode_bench)
 
 
 def all_variants() -> list[tuple[str, str]]:
