@@ -1,5 +1,6 @@
 """`flashllm bench decode`: each block layout's decode alone - shared memory to mma.sync A registers, no global
-memory, no MMA - in SM cycles per 1024 weights, against the decode budget (docs/kernels.md).
+memory, no MMA - in SM cycles per 1024 weights, against the budget of docs/kernels.md ("What bounds the decode
+kernels").
 
 Every CTA holds the same `--blocks` 64x64 blocks of one random weight (normal values, the smallest magnitudes
 pruned to the sparsity) in shared memory and its four warps decode them `--iters` times; one wave of
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 
 # SM cycles per 1024 weights the whole SpMM may spend (decode included) for a speedup over cuBLAS at ~90 % of
-# copy bandwidth: 141 / target on the H200, 198 / target on the H100 (docs/kernels.md, "The decode budget").
+# copy bandwidth: 141 / target on the H200, 198 / target on the H100 (docs/kernels.md, "What bounds the decode
+# kernels").
 BUDGET = {"H200 2.8x (80%)": 141 / 2.8, "H200 4.0x (90%)": 141 / 4.0}
 NCU_METRICS = {
     "inst": "smsp__inst_executed.sum",
@@ -76,20 +78,27 @@ def run_ncu(a) -> dict:
     if proc.returncode:
         print(f"ncu failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
         return {}
-    order = [tuple(line.split()[1:3]) for line in proc.stdout.splitlines() if line.startswith("PROFILED ")]
-    grid_weights = {tuple(line.split()[1:3]): float(line.split()[3]) for line in proc.stdout.splitlines()
-                    if line.startswith("PROFILED ")}
-    rows = [r for r in csv.reader(io.StringIO("\n".join(l for l in proc.stdout.splitlines() if l.startswith('"'))))]
+    return parse_ncu(proc.stdout)
+
+
+def parse_ncu(stdout: str) -> dict:
+    """The profile pass prints `PROFILED design sparsity weights` after each launch; ncu's CSV rows (quoted)
+    number the launches from 0 in the same order."""
+    launches = [line.split()[1:4] for line in stdout.splitlines() if line.startswith("PROFILED ")]
+    rows = list(csv.reader(io.StringIO("\n".join(line for line in stdout.splitlines() if line.startswith('"')))))
+    if not rows:
+        return {}
     header, body = rows[0], rows[1:]
     col = {name: header.index(name) for name in ("ID", "Metric Name", "Metric Value")}
     values: dict[int, dict] = {}
     for r in body:
         values.setdefault(int(r[col["ID"]]), {})[r[col["Metric Name"]]] = float(r[col["Metric Value"]].replace(",", ""))
     out = {}
-    for i, key in enumerate(order):
+    for i, (design, sparsity, weights) in enumerate(launches):
         if i in values:
-            per = grid_weights[key] / 1024
-            out[key] = {name: values[i].get(metric, float("nan")) / per for name, metric in NCU_METRICS.items()}
+            per = float(weights) / 1024
+            out[(design, sparsity)] = {name: values[i].get(metric, float("nan")) / per
+                                       for name, metric in NCU_METRICS.items()}
     return out
 
 
@@ -189,8 +198,8 @@ def main(argv=None) -> int:
             row = {"design": design, "sparsity": s, "cycles_per_1024": cyc, "reps": reps,
                    "bytes_per_weight": int(offsets[-1]) / weight.numel()}
             rows.append(row)
-            print(f"{design:9s} {s:4.0%}: {cyc:6.1f} SM cycles per 1024 weights, {row['bytes_per_weight']:.3f} B/weight",
-                  flush=True)
+            print(f"{design:10s} {s:4.0%}: {cyc:6.1f} SM cycles per 1024 weights, "
+                  f"{row['bytes_per_weight']:.3f} B/weight", flush=True)
     if a.profile_pass:
         return 0
     if a.ncu:

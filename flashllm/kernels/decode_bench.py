@@ -3,7 +3,7 @@ to A-fragment registers, timed in SM cycles.  `flashllm bench decode` drives it.
 
 Designs: `dense` (fragments stored ready: the floor), `bitmap` and `pairmap` (the formats' own encoders and the
 SpMM kernels' decodes) and `lanewise` (a candidate layout without POPC in its decode, encoded here: it is not a
-storage format).
+storage format; `lanewise16` reads it with 16-bit loads).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from . import jit
 from .rules import THREADS
 
 PROGRAM = "decode_bench.cu"
-DESIGNS = ("dense", "bitmap", "pairmap", "lanewise")
+DESIGNS = ("dense", "bitmap", "pairmap", "lanewise", "lanewise16")
 STRIPS = BLOCK // 16
 LANEWISE_VALUES_AT = 528  # csrc/decode_bench.cu
 
@@ -92,7 +92,7 @@ def encode(design: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     weight = weight.cpu()
     if design == "dense":
         return encode_dense(weight)
-    if design == "lanewise":
+    if design in ("lanewise", "lanewise16"):
         return encode_lanewise(weight)
     w = codec_for(design).encode(weight, weight.dtype)
     data, ptr = (w.tensors[key] for key in codec_for(design).TENSORS)

@@ -113,3 +113,15 @@ def test_kernel_fragments_match_the_weight(design):
     for sparsity in SPARSITIES:
         weight = pruned_weight(5, sparsity, seed=torch.randint(1 << 30, ()).item())
         check(design, weight, *db.encode(design, weight))  # raises on any wrong register
+
+
+def test_parse_ncu_pairs_launches_with_their_rows():
+    from flashllm.bench.decode import NCU_METRICS, parse_ncu
+    header = '"ID","Kernel Name","Metric Name","Metric Unit","Metric Value"'
+    lines = ["PROFILED bitmap 0.5 2048", "==PROF== Disconnected", header]
+    lines += [f'"0","decode_bench","{m}","inst","{"1,000" if k == "inst" else "10"}"' for k, m in NCU_METRICS.items()]
+    lines += ["PROFILED lanewise 0.9 4096"] + [f'"1","decode_bench","{m}","","8"' for m in NCU_METRICS.values()]
+    got = parse_ncu("\n".join(lines))
+    assert got[("bitmap", "0.5")]["inst"] == pytest.approx(1000 / 2)  # per 1024 weights: 2048 weights = 2 units
+    assert got[("bitmap", "0.5")]["alu"] == pytest.approx(5)
+    assert got[("lanewise", "0.9")]["lsu"] == pytest.approx(2)

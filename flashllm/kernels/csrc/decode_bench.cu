@@ -1,7 +1,7 @@
 // The decode microbenchmark (`flashllm bench decode`): a format's decode alone, from blocks resident in
 // shared memory into mma.sync A-fragment registers - no global memory in the timed loop, no MMA.  It is
 // the gate for a new decode: the SpMM kernels spend these cycles per block on top of the copies and the
-// MMAs, so a decode that does not fit the budget here (docs/kernels.md, "The decode budget") cannot make
+// MMAs, so a decode that does not fit the budget here (docs/kernels.md, "What bounds the decode kernels") cannot make
 // the kernel fit it either.
 //
 // Each CTA copies the same `nb` blocks into shared memory once, then warp w decodes strip w (16 rows) of
@@ -17,6 +17,7 @@
 #define DESIGN_BITMAP 1
 #define DESIGN_PAIRMAP 2
 #define DESIGN_LANEWISE 3
+#define DESIGN_LANEWISE16 4  // the same layout, each window as two 16-bit loads (no alignment, no funnel shift)
 
 // ---------------------------------------------------------------------------------------------
 // `lanewise`, a candidate layout built to decode without POPC (the budget's quarter-rate pipe).
@@ -72,6 +73,7 @@ __device__ __forceinline__ LaneStrip lanewise_strip(u32 blk, int strip) {
   return S;
 }
 
+template <bool HALVES>
 __device__ __forceinline__ void decode_lanewise_fragment(u32 (&a)[4], const LaneStrip& S, int f) {
   const u32 lo4 = (S.mask >> (8 * f)) & 0x55u, hi4 = (S.mask >> (8 * f + 1)) & 0x55u;
   const u32 X = lo4 * SPREAD_TO_MSB, Y = hi4 * SPREAD_TO_MSB;  // register q's bits at bit 7 of byte q
@@ -82,11 +84,18 @@ __device__ __forceinline__ void decode_lanewise_fragment(u32 (&a)[4], const Lane
   for (int q = 0; q < 4; q++) {
     const u32 addr = S.base[f] + __byte_perm(off, 0, 0x4440 + q);
     u32 w0, w1, win, keep;
-    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w0) : "r"(addr & ~3u));
-    asm volatile("ld.shared.u32 %0, [%1+4];\n" : "=r"(w1) : "r"(addr & ~3u));
-    asm("shf.r.wrap.b32 %0, %1, %2, %3;\n" : "=r"(win) : "r"(w0), "r"(w1), "r"(addr << 3));  // 0 or 16 bits
+    if (HALVES) {
+      asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(w0) : "r"(addr));
+      asm volatile("ld.shared.u16 %0, [%1+2];\n" : "=r"(w1) : "r"(addr));
+      win = pack_halves(w0, w1);
+    } else {
+      asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w0) : "r"(addr & ~3u));
+      asm volatile("ld.shared.u32 %0, [%1+4];\n" : "=r"(w1) : "r"(addr & ~3u));
+      asm("shf.r.wrap.b32 %0, %1, %2, %3;\n" : "=r"(win) : "r"(w0), "r"(w1), "r"(addr << 3));  // 0 or 16 bits
+    }
     // halves 0-1 <- sign of X's byte q (the low bit), halves 2-3 <- sign of Y's byte q (the high bit)
-    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(keep) : "r"(X), "r"(Y), "r"((0x8 | q) | (0x8 | q) << 4 | (0xC | q) << 8 | (0xC | q) << 12));
+    const u32 sel = (0x8 | q) | (0x8 | q) << 4 | (0xC | q) << 8 | (0xC | q) << 12;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(keep) : "r"(X), "r"(Y), "r"(sel));
     a[q] = win & keep;
   }
 }
@@ -116,7 +125,8 @@ __global__ void __launch_bounds__(THREADS) decode_bench(const u8* __restrict__ b
         for (int f = 0; f < 4; f++)
 #pragma unroll
           for (int q = 0; q < 4; q++)
-            asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(a[f][q]) : "r"(blk + ((((warp * 4 + f) * 4 + q) * 32 + lane) << 2)));
+            asm volatile("ld.shared.u32 %0, [%1];\n"
+                         : "=r"(a[f][q]) : "r"(blk + ((((warp * 4 + f) * 4 + q) * 32 + lane) << 2)));
       } else if (DESIGN == DESIGN_BITMAP) {
         const u32 counts = warp_scratch(scratch, 0);
         u32 sb = bitmap_base(blk, counts, warp);
@@ -138,13 +148,14 @@ __global__ void __launch_bounds__(THREADS) decode_bench(const u8* __restrict__ b
       } else {
         const LaneStrip S = lanewise_strip(blk, warp);
 #pragma unroll
-        for (int f = 0; f < 4; f++) decode_lanewise_fragment(a[f], S, f);
+        for (int f = 0; f < 4; f++) decode_lanewise_fragment<DESIGN == DESIGN_LANEWISE16>(a[f], S, f);
       }
       if (CHECK) {
 #pragma unroll
         for (int f = 0; f < 4; f++)
 #pragma unroll
-          for (int q = 0; q < 4; q++) frags[((((i64)blockIdx.x * nb + b) * 4 + warp) * 16 + f * 4 + q) * 32 + lane] = a[f][q];
+          for (int q = 0; q < 4; q++)
+            frags[((((i64)blockIdx.x * nb + b) * 4 + warp) * 16 + f * 4 + q) * 32 + lane] = a[f][q];
       }
 #pragma unroll
       for (int f = 0; f < 4; f++) acc ^= a[f][0] ^ a[f][1] ^ a[f][2] ^ a[f][3];
