@@ -78,7 +78,7 @@ def run_ncu(a) -> dict:
     if proc.returncode:
         print(f"ncu failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
         return {}
-    return parse_ncu(proc.stdout)
+    return parse_ncu(proc.stdout + "\n" + proc.stderr)  # ncu may write its CSV to either stream
 
 
 def parse_ncu(stdout: str) -> dict:
